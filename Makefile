@@ -1,0 +1,38 @@
+# Every target bootstraps .venv/ on first use: a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+EXPORT ?= exports
+
+.PHONY: install producer consumer demo test inspect bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+producer: $(STAMP)
+	$(PY) -m producer $(ARGS)
+
+consumer: $(STAMP)
+	$(PY) -m consumer $(ARGS)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py $(ARGS)
+
+inspect: $(STAMP)
+	$(PY) -m shared.inspect $(EXPORT) $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) exports work .pytest_cache

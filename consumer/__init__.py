@@ -1,0 +1,1 @@
+"""The consumer: watches an export directory and takes over each new version."""

@@ -1,0 +1,1 @@
+"""The producer: trains a graph model and publishes checkpoints and SavedModels."""

@@ -1,0 +1,62 @@
+"""``python -m producer``: train a seed model and publish versions into an export dir."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shared import cli, layout, logs
+
+PROG = "producer"
+MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check before TF loads
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument("--model", choices=MODEL_NAMES, default="linear")
+    parser.add_argument("--export-dir", type=Path, default=Path("exports"))
+    parser.add_argument("--steps", type=cli.non_negative_int, default=None,
+                        help="train until the global step reaches N (default: the model's own)")
+    parser.add_argument("--checkpoint-every", type=cli.positive_int, default=100, metavar="N")
+    parser.add_argument("--export-every", type=cli.positive_int, default=500, metavar="N")
+    parser.add_argument("--keep-checkpoints", type=cli.non_negative_int, default=5, metavar="N",
+                        help="Saver's max_to_keep; 0 keeps all")
+    parser.add_argument("--keep-checkpoint-every-hours", type=cli.positive_float, default=None,
+                        metavar="H")
+    parser.add_argument("--keep-exports", type=cli.non_negative_int, default=5, metavar="N",
+                        help="SavedModels to keep; 0 keeps all")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0)
+    parser.add_argument("--log-every", type=cli.positive_int, default=None, metavar="EPOCHS")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.configure(args.log_format)
+    stop = cli.stop_on_signals()
+
+    try:
+        layout.claim(args.export_dir, args.model)  # before TensorFlow loads: bad input fails fast
+    except layout.LayoutError as err:
+        cli.fail(PROG, str(err))
+
+    from producer import train
+    from shared import models
+
+    spec = models.MODELS[args.model]
+    config = train.Config(
+        model=args.model, export_dir=args.export_dir,
+        steps=spec.default_steps if args.steps is None else args.steps,
+        checkpoint_every=args.checkpoint_every, export_every=args.export_every,
+        keep_checkpoints=args.keep_checkpoints,
+        keep_checkpoint_every_hours=args.keep_checkpoint_every_hours,
+        keep_exports=args.keep_exports, seed=args.seed,
+        log_every_epochs=args.log_every or spec.log_every_epochs)
+    train.run(config, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

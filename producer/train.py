@@ -1,0 +1,106 @@
+"""The producer's training loop: train, checkpoint every N steps, export every M, finish cleanly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared import contract, datasets, layout, logs, models
+from shared.publish import Publisher
+from shared.tfcompat import tf, v1
+
+log = logs.get("producer")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    export_dir: Path
+    steps: int
+    checkpoint_every: int
+    export_every: int
+    keep_checkpoints: int
+    keep_checkpoint_every_hours: float | None
+    keep_exports: int
+    seed: int
+    log_every_epochs: int
+
+
+def run(config: Config, stop: threading.Event) -> int:
+    """Train ``config.model`` until the global step reaches ``config.steps`` or ``stop`` is set.
+    Ends with a checkpoint and an export of the last step. Returns the final global step."""
+    spec = models.MODELS[config.model]
+    dataset = datasets.load({"name": spec.dataset, "seed": config.seed})
+    root = config.export_dir
+    layout.claim(root, spec.name)
+    removed = layout.clean_leftovers(root)
+    if removed:
+        log.info("leftovers_removed", count=len(removed), paths=[str(p) for p in removed])
+
+    graph = models.build_training_graph(spec, dataset, config.seed)
+    model = contract.read_training(graph)  # we train through the contract, as any reader would
+    publisher = Publisher(root, graph, keep_checkpoints=config.keep_checkpoints,
+                          keep_checkpoint_every_hours=config.keep_checkpoint_every_hours,
+                          keep_exports=config.keep_exports)
+    with graph.as_default():
+        summaries = v1.summary.merge_all()
+        figures = {v.op.name.split("/")[-1]: v for v in v1.trainable_variables()
+                   if v.shape.rank == 0}  # scalar parameters, such as slope and intercept
+        writer = v1.summary.FileWriter(str(layout.events_dir(root)), graph)
+
+    def serving(assets_dir: Path) -> models.ServingGraph:
+        return models.build_serving_graph(spec, dataset, assets_dir)
+
+    def publish(step: int, checkpoint: bool, export: bool) -> None:
+        if checkpoint:
+            started = time.perf_counter()
+            path = publisher.save_checkpoint(session, step)
+            log.info("checkpoint_saved", step=step, path=str(path),
+                     seconds=round(time.perf_counter() - started, 4))
+        if export:
+            started = time.perf_counter()
+            path = publisher.export_savedmodel(session, step, serving=serving)
+            if path is not None:
+                log.info("model_exported", step=step, path=str(path),
+                         seconds=round(time.perf_counter() - started, 4))
+
+    with v1.Session(graph=graph) as session:
+        step = publisher.restore_latest(session)
+        if step is None:
+            session.run(v1.global_variables_initializer())
+            step = 0
+            log.info("training_started", model=spec.name, step=0, target_step=config.steps,
+                     dataset=dataset.name, export_dir=str(root))
+        else:
+            log.info("training_resumed", model=spec.name, step=step, target_step=config.steps,
+                     export_dir=str(root))
+
+        epoch_metrics: list[dict] = []
+        while step < config.steps and not stop.is_set():
+            features, labels = dataset.batch(step)
+            feed = {model.features: features, model.labels: labels}
+            metrics, _ = session.run([model.metrics, model.train_op], feed)
+            step += 1
+            epoch_metrics.append(metrics)
+            if step % dataset.steps_per_epoch == 0:
+                epoch = step // dataset.steps_per_epoch - 1
+                if epoch % config.log_every_epochs == 0:
+                    means = {k: float(np.mean([m[k] for m in epoch_metrics])) for k in metrics}
+                    values = session.run(figures)
+                    log.info("train_progress", step=step, epoch=epoch, **means,
+                             **{k: float(v) for k, v in values.items()})
+                    writer.add_summary(session.run(summaries, feed), step)
+                epoch_metrics = []
+            publish(step, checkpoint=step % config.checkpoint_every == 0,
+                    export=step % config.export_every == 0)
+
+        reason = "signal" if stop.is_set() else "steps_reached"
+        latest = layout.latest_checkpoint(root)
+        publish(step, checkpoint=latest is None or latest.step != step, export=True)
+        writer.close()
+    log.info("training_finished", step=step, reason=reason)
+    return step

@@ -1,0 +1,1 @@
+"""What the producer and the consumer agree on: graphs, the contract, datasets, layout, logs."""

@@ -1,0 +1,144 @@
+"""Publishing versions into an export dir with ``shared.layout``'s commit protocol.
+
+Both processes publish: the producer into its export dir, the consumer (in train mode) into its
+work dir, which is then an export dir in its own right.
+
+Checkpoints: ``Saver.save()`` would rewrite the state file before writing ``.meta`` and delete old
+checkpoints at that moment, so a reader could meet a committed checkpoint with no meta graph. We
+call it with ``write_state=False, write_meta_graph=False``, write the meta graph ourselves,
+fsync, and only then replace the state file; retention runs after the commit.
+
+SavedModels: built in a staging directory, fsynced, renamed into place (``layout.commit_dir``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from shared import contract, layout
+from shared.tfcompat import tf, v1
+
+from tensorflow.core.protobuf import saved_model_pb2
+
+if TYPE_CHECKING:  # the consumer publishes too, and must not import model code
+    from shared.models import ServingGraph
+
+
+class Publisher:
+    """Writes numbered checkpoints and SavedModels of one training graph."""
+
+    def __init__(self, root: Path, graph: tf.Graph, *, keep_checkpoints: int = 5,
+                 keep_checkpoint_every_hours: float | None = None, keep_exports: int = 5) -> None:
+        self.root = Path(root)
+        self.graph = graph
+        self.keep_checkpoints = keep_checkpoints
+        self.keep_exports = keep_exports
+        self._keep_every = keep_checkpoint_every_hours * 3600 if keep_checkpoint_every_hours else None
+        self._next_keep_time = time.time() + self._keep_every if self._keep_every else None
+        self._names = layout.read_checkpoint_state(self.root)  # retention resumes where it was
+        with graph.as_default():
+            # One saver, made once: a Builder left to itself adds new save ops to the graph
+            # on every export, and the graph would grow for as long as training runs.
+            self.saver = v1.train.Saver(
+                sharded=True, allow_empty=True, save_relative_paths=True,
+                max_to_keep=keep_checkpoints,
+                keep_checkpoint_every_n_hours=keep_checkpoint_every_hours or 10000.0)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def restore_latest(self, session: tf.compat.v1.Session) -> int | None:
+        """Restore the newest committed checkpoint into ``session``; its step, or None."""
+        latest = layout.latest_checkpoint(self.root)
+        if latest is None:
+            return None
+        self.saver.restore(session, str(latest.path))
+        return latest.step
+
+    def save_checkpoint(self, session: tf.compat.v1.Session, step: int) -> Path:
+        prefix = layout.checkpoint_prefix(self.root, step)
+        self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
+        with self.graph.as_default():
+            self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
+        layout.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
+        names = [n for n in self._names if n != prefix.name] + [prefix.name]
+        kept = names[-self.keep_checkpoints:] if self.keep_checkpoints else names
+        layout.write_checkpoint_state(self.root, kept)  # the commit: from here on, a version
+        for name in names[:len(names) - len(kept)]:
+            self._retire_checkpoint(self.root / layout.CHECKPOINTS / name)
+        self._names = kept
+        return prefix
+
+    def _retire_checkpoint(self, prefix: Path) -> None:
+        """Delete a checkpoint that left the state file, unless it is one kept every N hours."""
+        if self._next_keep_time is not None:
+            try:
+                saved_at = Path(f"{prefix}.index").stat().st_mtime
+            except FileNotFoundError:
+                return
+            if saved_at >= self._next_keep_time:
+                self._next_keep_time += self._keep_every
+                return
+        layout.remove_checkpoint_files(prefix)
+
+    # -- SavedModels -------------------------------------------------------------------------
+
+    def export_savedmodel(self, session: tf.compat.v1.Session, step: int, *,
+                          serving: Callable[[Path], ServingGraph] | None = None,
+                          serve_from: Path | None = None) -> Path | None:
+        """Publish a SavedModel of the session's graph (tag ``train``) at ``step``.
+
+        ``serving`` builds a fresh inference graph (tag ``serve``) given a scratch dir for its
+        assets; ``serve_from`` instead copies the ``serve`` meta graph and assets of an existing
+        SavedModel, whose variable names match. Returns the path, or None if ``step`` exists.
+        """
+        final = layout.savedmodel_path(self.root, step)
+        if final.exists():
+            return None
+        staging = layout.staging_dir(self.root, step)
+        try:
+            with tempfile.TemporaryDirectory(prefix=layout.STAGING_PREFIX,
+                                             dir=staging.parent) as scratch:
+                builder = v1.saved_model.Builder(str(staging))
+                with self.graph.as_default():
+                    builder.add_meta_graph_and_variables(
+                        session, [contract.TRAIN_TAG], saver=self.saver, strip_default_attrs=True)
+                if serving is not None:
+                    served = serving(Path(scratch))
+                    with served.graph.as_default():
+                        builder.add_meta_graph(
+                            [contract.SERVE_TAG], signature_def_map=served.signature_def_map,
+                            assets_collection=served.assets_collection, main_op=served.main_op,
+                            strip_default_attrs=True, saver=_variables_saver(served.graph))
+                builder.save()
+            if serve_from is not None:
+                _copy_serve_meta_graph(Path(serve_from), staging)
+            layout.commit_dir(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if self.keep_exports:
+            for old in layout.savedmodel_versions(self.root)[:-self.keep_exports]:
+                layout.discard_dir(old.path)
+        return final
+
+
+def _variables_saver(graph: tf.Graph) -> v1.train.Saver:
+    with graph.as_default():
+        return v1.train.Saver(sharded=True, allow_empty=True)
+
+
+def _copy_serve_meta_graph(source: Path, target: Path) -> None:
+    """Append ``source``'s serve meta graph and its assets to the SavedModel in ``target``."""
+    source_model, target_model = saved_model_pb2.SavedModel(), saved_model_pb2.SavedModel()
+    source_model.ParseFromString((source / "saved_model.pb").read_bytes())
+    target_model.ParseFromString((target / "saved_model.pb").read_bytes())
+    for meta_graph in source_model.meta_graphs:
+        if contract.SERVE_TAG in meta_graph.meta_info_def.tags:
+            target_model.meta_graphs.add().CopyFrom(meta_graph)
+    (target / "saved_model.pb").write_bytes(target_model.SerializeToString())
+    if (source / "assets").is_dir():
+        shutil.copytree(source / "assets", target / "assets", dirs_exist_ok=True)

@@ -1,0 +1,164 @@
+"""The producer on real TensorFlow and real files: convergence, the contract, both tags, CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shared import contract, datasets, layout
+from tests.helpers import REPO, run
+
+
+def _restore_checkpoint(prefix):
+    """A fresh graph and session holding ``prefix``, as a reader with no model code sees it."""
+    from shared.tfcompat import tf, v1
+
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = v1.train.import_meta_graph(f"{prefix}.meta", clear_devices=True)
+        session = v1.Session(graph=graph)
+        saver.restore(session, str(prefix))  # outside the graph it would take the eager path
+    return graph, session
+
+
+def test_linear_reproduces_seed_000_convergence(linear_export):
+    progress = linear_export.named("train_progress")
+    assert [e["epoch"] for e in progress] == list(range(0, 2000, 100))
+    assert {"step", "epoch", "loss", "slope", "intercept"} <= set(progress[0])
+    assert progress[0]["loss"] > 10  # from slope = intercept = 1.8, far from the line
+    assert progress[-1]["slope"] == pytest.approx(1.5, abs=0.01)
+    assert progress[-1]["intercept"] == pytest.approx(-3.0, abs=0.05)
+    assert progress[-1]["loss"] < progress[0]["loss"] / 1000
+
+
+def test_mlp_reproduces_seed_002_climb(mlp_export):
+    progress = {e["epoch"]: e["accuracy"] for e in mlp_export.named("train_progress")}
+    assert progress[0] < 0.26  # chance is 20%
+    assert progress[100] > 0.30  # the seed: 35%
+
+
+def test_versions_are_published_with_retention(linear_export):
+    root = linear_export.root
+    assert layout.read_checkpoint_state(root) == [f"model.ckpt-{s}" for s in range(1600, 2001, 100)]
+    assert [v.step for v in layout.savedmodel_versions(root)] == [500, 1000, 1500, 2000]
+    assert all(layout.savedmodel_is_complete(v.path) for v in layout.savedmodel_versions(root))
+    saved = linear_export.named("checkpoint_saved")
+    assert [e["step"] for e in saved] == list(range(100, 2001, 100))
+    assert saved[-1]["path"] == str(layout.checkpoint_prefix(root, 2000))
+    assert [e["step"] for e in linear_export.named("model_exported")] == [500, 1000, 1500, 2000]
+    assert list((root / "events").glob("events.out.tfevents.*"))
+    assert not [p for p in (root / "savedmodels").iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_contract_survives_import_meta_graph_and_one_more_step(model, linear_export, mlp_export):
+    from shared.tfcompat import v1
+
+    root = {"linear": linear_export, "mlp": mlp_export}[model].root
+    latest = layout.latest_checkpoint(root)
+    graph, session = _restore_checkpoint(latest.path)
+    with session:
+        handles = contract.read_training(graph)
+        assert session.run(handles.global_step) == latest.step
+        assert set(handles.metrics) == set(handles.dataset.metric_names)
+        assert graph.get_collection(contract.FETCHES)[0] is handles.metrics["loss"]
+        assert graph.get_collection(v1.GraphKeys.SUMMARIES)
+        features, labels = handles.dataset.batch(latest.step)
+        loss, _ = session.run(graph.get_collection(contract.FETCHES),
+                              {handles.features: features, handles.labels: labels})
+        assert np.isfinite(loss)
+        assert session.run(handles.global_step) == latest.step + 1
+
+
+def test_both_tags_load_and_serve_graph_has_no_training_ops(mlp_export):
+    from shared.tfcompat import tf, v1
+
+    version = layout.latest_savedmodel(mlp_export.root)
+    for tag in (contract.TRAIN_TAG, contract.SERVE_TAG):
+        graph = tf.Graph()
+        with v1.Session(graph=graph) as session:
+            meta = v1.saved_model.loader.load(session, [tag], str(version.path))
+            assert contract.read_dataset(graph).name == "random_classes"
+            if tag == contract.TRAIN_TAG:
+                contract.read_training(graph)
+                continue
+            op_types = {op.type for op in graph.get_operations()}
+            assert not {t for t in op_types if "Apply" in t or t.endswith("Grad")}
+            assert not [op for op in graph.get_operations() if "gradients" in op.name]
+            assert not graph.get_collection(contract.TRAIN_OP)
+            serving = contract.read_serving(graph, meta)
+            features, labels = serving.dataset.eval_split
+            signature = meta.signature_def[contract.SIGNATURE_KEY]
+            classes = graph.get_tensor_by_name(signature.outputs["classes"].name)
+            probabilities, names = session.run([serving.output, classes], {serving.features: features})
+            assert probabilities.shape == (1600, 5)
+            assert set(names) <= {f"class_{i}".encode() for i in range(5)}
+            assert serving.dataset.score(probabilities, labels)["accuracy"] > 0.3
+
+
+def test_tf2_loader_and_saved_model_cli_read_the_export(mlp_export):
+    version = layout.latest_savedmodel(mlp_export.root)
+    script = (
+        "import sys, numpy as np\n"
+        "from shared.tfcompat import tf\n"
+        "m = tf.saved_model.load(sys.argv[1], tags=['serve'])\n"
+        "out = m.signatures['serving_default'](features=tf.constant(np.zeros((2, 28), 'float32')))\n"
+        "print(sorted(out), out['classes'].numpy()[0].decode())\n")
+    loaded = subprocess.run([sys.executable, "-c", script, str(version.path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.startswith("['classes', 'probabilities'] class_")
+
+    cli = subprocess.run([str(REPO / ".venv/bin/saved_model_cli"), "show", "--all", "--dir",
+                          str(version.path)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert "tag-set: 'serve'" in cli.stdout and "tag-set: 'train'" in cli.stdout
+    assert "inputs['features']" in cli.stdout and "outputs['probabilities']" in cli.stdout
+
+
+def test_serve_path_and_training_metrics_agree(linear_export):
+    """The catalog's scorer on serving outputs equals the training graph's metrics collection."""
+    from shared.tfcompat import tf, v1
+
+    root = linear_export.root
+    step = layout.latest_checkpoint(root).step
+    data = datasets.load({"name": "linear", "seed": 0})
+    graph, session = _restore_checkpoint(layout.checkpoint_prefix(root, step))
+    with session:
+        handles = contract.read_training(graph)
+        features, labels = data.eval_split
+        from_metrics = session.run(handles.metrics["loss"], {handles.features: features,
+                                                              handles.labels: labels})
+    graph = tf.Graph()
+    with v1.Session(graph=graph) as session:
+        meta = v1.saved_model.loader.load(session, ["serve"], str(layout.savedmodel_path(root, step)))
+        serving = contract.read_serving(graph, meta)
+        scored = data.score(session.run(serving.output, {serving.features: features}), labels)
+    assert scored["loss"] == pytest.approx(from_metrics, rel=1e-9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--steps", "-3"], "must be >= 0"),
+    (["--checkpoint-every", "0"], "must be > 0"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path):
+    result = run("producer", "--export-dir", tmp_path / "x", *args, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_export_dirs_exit_2_and_keep_data(tmp_path, linear_export):
+    a_file = tmp_path / "file"
+    a_file.write_text("precious")
+    result = run("producer", "--export-dir", a_file, timeout=60)
+    assert result.returncode == 2 and "is a file" in result.stderr
+    assert result.stderr.count("\n") == 1 and a_file.read_text() == "precious"
+
+    before = sorted(p.name for p in (linear_export.root / "checkpoints").iterdir())
+    result = run("producer", "--model", "mlp", "--export-dir", linear_export.root, timeout=60)
+    assert result.returncode == 2 and "holds versions of model 'linear'" in result.stderr
+    assert sorted(p.name for p in (linear_export.root / "checkpoints").iterdir()) == before
