@@ -124,15 +124,8 @@ def read_checkpoint_state(root: Path) -> list[str]:
 
 def latest_checkpoint(root: Path) -> Version | None:
     """The newest committed checkpoint, as the state file names it."""
-    try:
-        committed_at = state_file(root).stat().st_ctime  # stat before reading: never too early
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    names = read_checkpoint_state(root)
-    if not names or checkpoint_step(names[-1]) is None:
-        return None
-    return Version("checkpoint", checkpoint_step(names[-1]), checkpoints_dir(root) / names[-1],
-                   committed_at)
+    listed = checkpoint_versions(root)
+    return listed[-1] if listed else None
 
 
 def savedmodel_versions(root: Path) -> list[Version]:
@@ -157,8 +150,20 @@ def latest_savedmodel(root: Path) -> Version | None:
     return versions[-1] if versions else None
 
 
-def latest_version(root: Path, kind: str) -> Version | None:
-    return latest_savedmodel(root) if kind == "savedmodel" else latest_checkpoint(root)
+def checkpoint_versions(root: Path) -> list[Version]:
+    """Every checkpoint the state file lists, oldest first."""
+    try:
+        # stat before reading: a state file replaced in between is read with the older time
+        committed_at = state_file(root).stat().st_ctime
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [Version("checkpoint", checkpoint_step(name), checkpoints_dir(root) / name, committed_at)
+            for name in read_checkpoint_state(root) if checkpoint_step(name) is not None]
+
+
+def versions(root: Path, kind: str) -> list[Version]:
+    """Committed versions of ``kind`` ("savedmodel" or "checkpoint"), oldest first."""
+    return savedmodel_versions(root) if kind == "savedmodel" else checkpoint_versions(root)
 
 
 def is_commit_path(root: Path, path: str | os.PathLike) -> bool:

@@ -55,13 +55,14 @@ class Publisher:
         latest = layout.latest_checkpoint(self.root)
         if latest is None:
             return None
-        self.saver.restore(session, str(latest.path))
+        with self.graph.as_default():  # outside it, Saver takes TF2's eager path
+            self.saver.restore(session, str(latest.path))
         return latest.step
 
     def save_checkpoint(self, session: tf.compat.v1.Session, step: int) -> Path:
         prefix = layout.checkpoint_prefix(self.root, step)
-        self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
-        with self.graph.as_default():
+        with self.graph.as_default():  # outside it, Saver takes TF2's eager path
+            self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
             self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
         layout.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
         names = [n for n in self._names if n != prefix.name] + [prefix.name]

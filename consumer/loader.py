@@ -1,0 +1,82 @@
+"""The loader: loads one version into its own graph and session, and checks it can run.
+
+It reads nothing but the export and ``shared.contract``. Any failure is a ``LoadError`` and
+leaves no session open, so the version in use is never affected by a bad one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from shared import contract, layout
+from shared.tfcompat import tf, v1
+
+EVALUATE, TRAIN = "evaluate", "train"
+
+
+class LoadError(Exception):
+    """A version could not be loaded or failed its first run."""
+
+
+@dataclass
+class Loaded:
+    version: layout.Version
+    graph: tf.Graph
+    session: v1.Session
+    training: contract.Training | None  # for checkpoints and the ``train`` tag
+    serving: contract.Serving | None  # for the ``serve`` tag
+    load_seconds: float
+
+    @property
+    def dataset(self):
+        return (self.serving or self.training).dataset
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def load(version: layout.Version, purpose: str) -> Loaded:
+    """Load ``version`` for ``purpose`` (EVALUATE or TRAIN) and warm it up with one run.
+
+    SavedModels load tag ``serve`` to evaluate and ``train`` to continue training; checkpoints
+    load through ``import_meta_graph`` and the Saver's restore.
+    """
+    started = time.perf_counter()
+    graph = tf.Graph()
+    session = v1.Session(graph=graph)
+    try:
+        with graph.as_default():  # restore outside it would take TF2's eager path
+            training, serving = _import(version, purpose, session, graph)
+            _warm_up(session, training, serving)
+    except Exception as err:  # anything a bad version can raise: TF, protobuf, OS, contract
+        session.close()
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise LoadError(f"{type(err).__name__}: {message}"[:500]) from err
+    return Loaded(version, graph, session, training, serving, time.perf_counter() - started)
+
+
+def _import(version: layout.Version, purpose: str, session: v1.Session, graph: tf.Graph):
+    if version.kind == "savedmodel":
+        tag = contract.SERVE_TAG if purpose == EVALUATE else contract.TRAIN_TAG
+        meta_graph = v1.saved_model.loader.load(session, [tag], str(version.path))
+        if tag == contract.SERVE_TAG:
+            return None, contract.read_serving(graph, meta_graph)
+        return contract.read_training(graph), None
+    saver = v1.train.import_meta_graph(f"{version.path}.meta", clear_devices=True)
+    if saver is None:
+        raise contract.ContractError("meta graph has no variables to restore")
+    saver.restore(session, str(version.path))
+    return contract.read_training(graph), None
+
+
+def _warm_up(session: v1.Session, training: contract.Training | None,
+             serving: contract.Serving | None) -> None:
+    """One small run: the first run of a graph is the slow one, and a version that cannot run
+    on its own dataset should fail here, before it replaces anything."""
+    features, labels = (serving or training).dataset.eval_split
+    if serving is not None:
+        session.run(serving.output, {serving.features: features[:1]})
+    else:
+        session.run(training.metrics, {training.features: features[:1],
+                                       training.labels: labels[:1]})

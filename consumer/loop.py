@@ -1,0 +1,118 @@
+"""The manager: decides which version is live. It loads the new one before it drops the old one,
+then evaluates or trains the live version.
+
+A version that fails to load is logged and skipped, and the live one stays live. A version
+deleted while it was loading (retention) is not held against anyone: the next pass takes the
+newest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consumer import evaluate, loader, train
+from consumer.source import VersionSource
+from shared import layout, logs
+
+log = logs.get("consumer")
+
+
+@dataclass(frozen=True)
+class Config:
+    export_dir: Path
+    work_dir: Path
+    source: str  # "savedmodel" or "checkpoint"
+    mode: str  # loader.EVALUATE or loader.TRAIN
+    train_steps: int = 100
+    until_step: int | None = None
+    poll: float | None = None
+    rescan: float = 5.0
+
+
+@dataclass
+class Stats:
+    loaded: list[int] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    handoff_seconds: list[float] = field(default_factory=list)
+
+
+class Consumer:
+    def __init__(self, config: Config, stop: threading.Event) -> None:
+        self.config = config
+        self.stop = stop
+        self.source = VersionSource(config.export_dir, config.source, poll=config.poll,
+                                    rescan=config.rescan)
+        self.live: loader.Loaded | None = None
+        self.failed: set[Path] = set()
+        self.stats = Stats()
+
+    def _wanted(self, version: layout.Version) -> bool:
+        if version.path in self.failed:
+            return False
+        return self.live is None or version.step > self.live.version.step
+
+    def run(self) -> Stats:
+        try:
+            while not self.stop.is_set():
+                version = self.source.next_version(self._wanted, self.stop)
+                if version is None or not self._swap_to(version):
+                    continue
+                try:
+                    self._work()
+                except Exception as err:  # the live version stays; the next one may do better
+                    log.error("work_failed", step=version.step, mode=self.config.mode,
+                              error=f"{type(err).__name__}: {err}"[:500])
+                if self.config.until_step is not None and version.step >= self.config.until_step:
+                    break
+        finally:
+            self.source.close()
+            if self.live is not None:
+                self.live.close()
+        return self.stats
+
+    def _swap_to(self, version: layout.Version) -> bool:
+        """Load ``version``; only once it is ready does it replace the live one."""
+        try:
+            ready = loader.load(version, self.config.mode)
+        except loader.LoadError as err:
+            deleted = not version.exists()
+            log.warning("load_failed", step=version.step, path=str(version.path), error=str(err),
+                        deleted_while_loading=deleted)
+            if not deleted:  # a vanished version is simply superseded; a broken one is skipped
+                self.failed.add(version.path)
+            self.stats.failed.append(str(version.path))
+            return False
+        handoff = max(0.0, time.time() - version.committed_at)
+        previous, self.live = self.live, ready
+        if previous is not None:
+            previous.close()
+        self.stats.loaded.append(version.step)
+        self.stats.handoff_seconds.append(handoff)
+        log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
+                 load_seconds=round(ready.load_seconds, 4), handoff_seconds=round(handoff, 4),
+                 replaced_step=previous.version.step if previous else None)
+        return True
+
+    def _work(self) -> None:
+        live = self.live
+        if self.config.mode == loader.EVALUATE:
+            metrics = evaluate.evaluate(live)
+            evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
+            log.info("evaluated", step=live.version.step, source=live.version.kind, **metrics)
+            return
+        result = train.continue_training(live, self.config.train_steps, self.stop)
+        if result is None:
+            log.info("training_abandoned", step=live.version.step, reason="signal")
+            return
+        log.info("trained", **result)
+        try:
+            checkpoint, savedmodel = train.publish(live, self.config.work_dir, result["end_step"])
+        except Exception as err:  # e.g. the source SavedModel was retired meanwhile
+            log.warning("publish_failed", step=result["end_step"], error=f"{type(err).__name__}: {err}")
+            return
+        log.info("checkpoint_saved", step=result["end_step"], path=str(checkpoint))
+        if savedmodel is not None:
+            log.info("model_exported", step=result["end_step"], path=str(savedmodel))

@@ -1,0 +1,247 @@
+"""The consumer's parts in this process: real TensorFlow, real files, a real watchdog observer."""
+
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from consumer import evaluate, loader
+from consumer.loop import Config, Consumer
+from shared import contract, datasets, layout
+from tests.helpers import REPO
+
+
+def _copy_version(source_root, step, target_root, kind="savedmodel"):
+    """Publish a copy of one version into another export dir, committed the way the producer does."""
+    layout.claim(target_root, "linear")
+    if kind == "savedmodel":
+        staging = layout.staging_dir(target_root, step)
+        shutil.copytree(layout.savedmodel_path(source_root, step), staging, dirs_exist_ok=True)
+        layout.commit_dir(staging, layout.savedmodel_path(target_root, step))
+        return
+    for path in layout.checkpoints_dir(source_root).glob(f"model.ckpt-{step}.*"):
+        shutil.copy(path, layout.checkpoints_dir(target_root))
+    names = layout.read_checkpoint_state(target_root)
+    layout.write_checkpoint_state(target_root, names + [f"model.ckpt-{step}"])
+
+
+def _plant_broken(root, step, how):
+    """Commit a broken SavedModel ``step``: built aside, then renamed in, like a real commit."""
+    path = layout.staging_dir(root, step)
+    path.rmdir()
+    if how == "garbage":
+        path.mkdir(parents=True)
+        (path / "saved_model.pb").write_bytes(b"this is not a protobuf")
+    elif how == "truncated":
+        good = layout.latest_savedmodel(root).path
+        shutil.copytree(good, path)
+        data = (path / "saved_model.pb").read_bytes()
+        (path / "saved_model.pb").write_bytes(data[: len(data) // 2])
+    elif how == "no_variables":
+        shutil.copytree(layout.latest_savedmodel(root).path, path)
+        shutil.rmtree(path / "variables")
+    path.rename(layout.savedmodel_path(root, step))
+    return next(v for v in layout.savedmodel_versions(root) if v.step == step)
+
+
+class Running:
+    """A Consumer loop on a background thread, stopped and joined at the end of the test."""
+
+    def __init__(self, config):
+        self.stop = threading.Event()
+        self.consumer = Consumer(config, self.stop)
+        self.thread = threading.Thread(target=self.consumer.run, daemon=True)
+        self.thread.start()
+
+    def wait_loaded(self, step, timeout=30):
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if step in self.consumer.stats.loaded:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"step {step} not loaded; stats: {self.consumer.stats}")
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.parametrize("kind", ["savedmodel", "checkpoint"])
+@pytest.mark.parametrize("purpose", [loader.EVALUATE, loader.TRAIN])
+def test_loader_loads_each_kind_for_each_purpose(kind, purpose, mlp_export):
+    version = layout.versions(mlp_export.root, kind)[-1]
+    loaded = loader.load(version, purpose)
+    try:
+        assert loaded.dataset.name == "random_classes"
+        uses_serve_tag = kind == "savedmodel" and purpose == loader.EVALUATE
+        assert (loaded.serving is not None) == uses_serve_tag
+        assert (loaded.training is not None) == (not uses_serve_tag)
+        assert evaluate.evaluate(loaded)["accuracy"] > 0.3
+    finally:
+        loaded.close()
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "no_variables"])
+def test_broken_savedmodels_fail_with_load_error(how, tmp_path, linear_export):
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 2000, root)
+    broken = _plant_broken(root, 2500, how)
+    with pytest.raises(loader.LoadError):
+        loader.load(broken, loader.EVALUATE)
+
+
+def test_checkpoint_missing_its_data_fails_with_load_error(tmp_path, linear_export):
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 2000, root, kind="checkpoint")
+    next(layout.checkpoints_dir(root).glob("model.ckpt-2000.data-*")).unlink()
+    with pytest.raises(loader.LoadError, match="NotFoundError|DataLoss|not found"):
+        loader.load(layout.latest_checkpoint(root), loader.TRAIN)
+
+
+def test_savedmodel_and_checkpoint_evaluations_agree(mlp_export):
+    checkpoint, savedmodel = (layout.latest_checkpoint(mlp_export.root),
+                              layout.latest_savedmodel(mlp_export.root))
+    assert checkpoint.step == savedmodel.step
+    results = []
+    for version in (checkpoint, savedmodel):
+        loaded = loader.load(version, loader.EVALUATE)
+        results.append(evaluate.evaluate(loaded))
+        loaded.close()
+    from_metrics, from_signature = results
+    assert from_signature["accuracy"] == pytest.approx(from_metrics["accuracy"], abs=1e-6)
+    assert from_signature["loss"] == pytest.approx(from_metrics["loss"], rel=1e-5)
+
+
+def test_bad_version_keeps_the_live_one_and_the_next_good_one_is_taken(tmp_path, linear_export):
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 1000, root)
+    running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source="savedmodel",
+                             mode=loader.EVALUATE))
+    try:
+        running.wait_loaded(1000)
+        live = running.consumer.live
+        broken = _plant_broken(root, 1200, "truncated")
+        _plant_broken(root, 9999, "garbage")  # a higher number must not block later versions
+        _copy_version(linear_export.root, 1500, root)
+        running.wait_loaded(1500)
+        assert running.consumer.stats.loaded == [1000, 1500]
+        assert str(layout.savedmodel_path(root, 9999)) in running.consumer.stats.failed
+        assert live.session._closed  # the old one was dropped only after 1500 was ready
+        assert broken.step not in running.consumer.stats.loaded
+    finally:
+        running.close()
+    lines = (tmp_path / "work" / "evaluations.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(line)["step"] for line in lines] == [1000, 1500]
+
+
+def test_rescan_catches_versions_the_observer_never_reported(tmp_path, linear_export):
+    """A polling observer that never polls stands in for inotify's dropped events."""
+    root = tmp_path / "exports"
+    layout.claim(root, "linear")
+    running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
+                             mode=loader.EVALUATE, poll=3600, rescan=0.3))
+    try:
+        _copy_version(linear_export.root, 2000, root, kind="checkpoint")
+        running.wait_loaded(2000, timeout=10)
+    finally:
+        running.close()
+
+
+def test_memory_stays_flat_over_many_loads(linear_export):
+    from shared.tfcompat import v1
+
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    version = layout.latest_savedmodel(linear_export.root)
+    samples = []
+    for i in range(160):
+        loaded = loader.load(version, loader.EVALUATE)
+        evaluate.evaluate(loaded)
+        loaded.close()
+        if i in (40, 159):
+            samples.append(rss_mb())
+    assert samples[1] - samples[0] < 25, samples  # 120 more loads, well under 25 MB
+    assert v1.get_default_graph().get_operations() == []
+
+
+def test_a_model_nobody_here_wrote_works_through_the_contract(tmp_path):
+    """A graph built by hand, with other names and optimizer, saved by a vanilla Saver."""
+    from shared.tfcompat import tf, v1
+
+    data = datasets.load({"name": "linear", "seed": 3})
+    root = tmp_path / "theirs"
+    layout.claim(root, "theirs")
+    graph = tf.Graph()
+    with graph.as_default():
+        step = v1.train.get_or_create_global_step()
+        x = v1.placeholder(tf.float64, [None, 1], name="x_in")
+        y = v1.placeholder(tf.float64, [None, 1], name="y_true")
+        w = v1.get_variable("w", initializer=tf.constant([[0.5]], tf.float64))
+        b = v1.get_variable("b", initializer=tf.constant([0.0], tf.float64))
+        loss = tf.reduce_mean(tf.square(tf.matmul(x, w) + b - y), name="their/loss")
+        train_op = v1.train.MomentumOptimizer(0.001, 0.9).minimize(loss, global_step=step)
+        contract.attach_training(x, y, [loss], train_op, data)
+        saver = v1.train.Saver()
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            saver.save(session, str(layout.checkpoint_prefix(root, 0)))
+    version = layout.latest_checkpoint(root)
+    loaded = loader.load(version, loader.TRAIN)
+    try:
+        from consumer import train
+        before = evaluate.evaluate(loaded)["loss"]
+        result = train.continue_training(loaded, 50, threading.Event())
+        assert (result["start_step"], result["end_step"]) == (0, 50)
+        assert evaluate.evaluate(loaded)["loss"] < before
+    finally:
+        loaded.close()
+
+
+def test_the_consumer_imports_no_model_code():
+    script = ("import sys, consumer.__main__, consumer.loop\n"
+              "bad = [m for m in sys.modules if m == 'shared.models' or m.startswith('producer')]\n"
+              "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_training_continues_at_the_producers_accuracy_not_chance(mlp_export):
+    """Seed 002: 35% before the handoff, 41% right after; never back to 20%."""
+    from consumer import train
+
+    before = mlp_export.named("train_progress")[-1]["accuracy"]
+    loaded = loader.load(layout.latest_savedmodel(mlp_export.root), loader.TRAIN)
+    try:
+        result = train.continue_training(loaded, 50, threading.Event())
+    finally:
+        loaded.close()
+    assert result["start_step"] == 10000 and result["end_step"] == 10050
+    assert result["accuracy"] >= before - 0.02 and result["accuracy"] > 0.35
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--export-dir", "{file}"], "is a file"),
+    (["--export-dir", "{dir}", "--work-dir", "{dir}"], "must differ"),
+    (["--mode", "serve"], "invalid choice"),
+    (["--poll", "0"], "must be > 0"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
+    from tests.helpers import run
+
+    (tmp_path / "file").write_text("keep")
+    args = [a.format(file=tmp_path / "file", dir=tmp_path) for a in args]
+    result = run("consumer", "--work-dir", tmp_path / "work", *args, timeout=60) \
+        if "--work-dir" not in args else run("consumer", *args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert (tmp_path / "file").read_text() == "keep"
