@@ -124,7 +124,6 @@ def build_serving_graph(spec: ModelSpec, dataset: datasets.Dataset, assets_dir: 
             labels_file = Path(assets_dir) / "labels.txt"
             labels_file.write_text("".join(f"{name}\n" for name in dataset.class_names))
             path = tf.constant(str(labels_file), name="labels_path")
-            v1.add_to_collection(v1.GraphKeys.ASSET_FILEPATHS, path)
             table = tf.lookup.StaticHashTable(
                 tf.lookup.TextFileInitializer(
                     path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
@@ -132,7 +131,9 @@ def build_serving_graph(spec: ModelSpec, dataset: datasets.Dataset, assets_dir: 
             probabilities = tf.nn.softmax(outputs, name="probabilities")
             named = {"probabilities": probabilities,
                      "classes": table.lookup(tf.argmax(probabilities, axis=1), name="classes")}
-            assets, main_op = [path], v1.tables_initializer(name="init_tables")
+            # TextFileInitializer registers its file as an asset itself.
+            assets = v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS)
+            main_op = v1.tables_initializer(name="init_tables")
         signature = v1.saved_model.signature_def_utils.predict_signature_def(
             inputs={contract.INPUT_KEY: features}, outputs=named)
     return ServingGraph(graph, {contract.SIGNATURE_KEY: signature}, assets, main_op)

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def command(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, "--log-format", "json", *map(str, args)]
+    logging = [] if module == "shared.inspect" else ["--log-format", "json"]
+    return [sys.executable, "-m", module, *logging, *map(str, args)]
 
 
 def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
