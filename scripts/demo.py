@@ -8,33 +8,19 @@ stops both, and sums up. It reads only their JSON logs and imports no TensorFlow
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from shared.processes import Process
 
 
-def spawn(module: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, "--log-format", "json", *args],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
-
-
-def follow(process: subprocess.Popen, name: str, events: list[dict], show: set[str],
-           watching: threading.Event) -> None:
-    for line in process.stdout:
-        if not line.startswith("{"):
-            continue
-        event = json.loads(line)
-        events.append(event)
-        if event["event"] == "watching":
-            watching.set()
-        if event["event"] in show:
+def show(name: str, kinds: set[str]):
+    def print_event(event: dict) -> None:
+        if event["event"] in kinds:
             print(f"  {name:<9} {describe(event)}", flush=True)
+    return print_event
 
 
 def describe(event: dict) -> str:
@@ -62,37 +48,29 @@ def main() -> int:
 
     run_dir = Path(tempfile.mkdtemp(prefix="tf-handoff-demo-"))
     exports, work = run_dir / "exports", run_dir / "work"
+    exports.mkdir()  # so the consumer starts its watch before the first version lands
     print(f"Demo directory: {run_dir}\n")
-    consumer_events: list[dict] = []
-    producer_events: list[dict] = []
-    consumer = spawn("consumer", "--export-dir", str(exports), "--work-dir", str(work),
-                     "--until-step", str(args.steps))
-    watching = threading.Event()
-    readers = [threading.Thread(target=follow, args=(
-        consumer, "consumer", consumer_events, {"model_loaded", "evaluated", "load_failed"},
-        watching))]
-    readers[0].start()
-    exports.mkdir(parents=True)  # so the consumer starts its watch before the first version
-    watching.wait(timeout=60)
-    producer = spawn("producer", "--export-dir", str(exports), "--steps", str(args.steps),
-                     "--export-every", str(args.export_every), "--log-every", "500")
-    readers.append(threading.Thread(target=follow, args=(
-        producer, "producer", producer_events, {"model_exported", "train_progress"},
-        threading.Event())))
-    readers[1].start()
+    consumer = Process("consumer", "--export-dir", exports, "--work-dir", work,
+                       "--until-step", args.steps,
+                       on_event=show("consumer", {"model_loaded", "evaluated", "load_failed"}))
+    producer = None
     try:
+        consumer.wait_for(lambda e: e["event"] == "watching", timeout=60)
+        producer = Process("producer", "--export-dir", exports, "--steps", args.steps,
+                           "--export-every", args.export_every, "--log-every", 500,
+                           on_event=show("producer", {"model_exported", "train_progress"}))
         producer_code = producer.wait(timeout=300)
         consumer_code = consumer.wait(timeout=60)  # it exits once it handled the last step
-    except subprocess.TimeoutExpired:
-        producer.terminate()
-        consumer.terminate()
-        print("demo: timed out", file=sys.stderr)
+    except (AssertionError, TimeoutError) as err:
+        print(f"demo: {err}", file=sys.stderr)
         return 1
-    for reader in readers:
-        reader.join()
+    finally:
+        for process in (producer, consumer):
+            if process is not None:
+                process.kill()
 
-    published = [e["step"] for e in producer_events if e["event"] == "model_exported"]
-    loaded = [e for e in consumer_events if e["event"] == "model_loaded"]
+    published = [e["step"] for e in producer.named("model_exported")]
+    loaded = consumer.named("model_loaded")
     handoffs = sorted(e["handoff_seconds"] * 1000 for e in loaded)
     print("\nSummary")
     print(f"  versions published: {len(published)} SavedModels, steps {published[0]}..{published[-1]}")
