@@ -26,7 +26,11 @@ class Loaded:
     session: v1.Session
     training: contract.Training | None  # for checkpoints and the ``train`` tag
     serving: contract.Serving | None  # for the ``serve`` tag
-    load_seconds: float
+    phases: dict[str, float]  # seconds spent importing, restoring and warming up
+
+    @property
+    def load_seconds(self) -> float:
+        return sum(self.phases.values())
 
     @property
     def dataset(self):
@@ -42,31 +46,40 @@ def load(version: layout.Version, purpose: str) -> Loaded:
     SavedModels load tag ``serve`` to evaluate and ``train`` to continue training; checkpoints
     load through ``import_meta_graph`` and the Saver's restore.
     """
+    phases = {}
     started = time.perf_counter()
     graph = tf.Graph()
     session = v1.Session(graph=graph)
     try:
         with graph.as_default():  # restore outside it would take TF2's eager path
-            training, serving = _import(version, purpose, session, graph)
+            training, serving = _import(version, purpose, session, graph, phases)
+            mark = time.perf_counter()
             _warm_up(session, training, serving)
+            phases["warm_up"] = time.perf_counter() - mark
+        phases["import"] = time.perf_counter() - started - phases["restore"] - phases["warm_up"]
     except Exception as err:  # anything a bad version can raise: TF, protobuf, OS, contract
         session.close()
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise LoadError(f"{type(err).__name__}: {message}"[:500]) from err
-    return Loaded(version, graph, session, training, serving, time.perf_counter() - started)
+    return Loaded(version, graph, session, training, serving, phases)
 
 
-def _import(version: layout.Version, purpose: str, session: v1.Session, graph: tf.Graph):
+def _import(version: layout.Version, purpose: str, session: v1.Session, graph: tf.Graph,
+            phases: dict[str, float]):
     if version.kind == "savedmodel":
+        # The SavedModel loader imports and restores in one call; its restore is not split out.
         tag = contract.SERVE_TAG if purpose == EVALUATE else contract.TRAIN_TAG
         meta_graph = v1.saved_model.loader.load(session, [tag], str(version.path))
+        phases["restore"] = 0.0
         if tag == contract.SERVE_TAG:
             return None, contract.read_serving(graph, meta_graph)
         return contract.read_training(graph), None
     saver = v1.train.import_meta_graph(f"{version.path}.meta", clear_devices=True)
     if saver is None:
         raise contract.ContractError("meta graph has no variables to restore")
+    mark = time.perf_counter()
     saver.restore(session, str(version.path))
+    phases["restore"] = time.perf_counter() - mark
     return contract.read_training(graph), None
 
 

@@ -8,6 +8,7 @@ newest.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,18 @@ class Stats:
     handoff_seconds: list[float] = field(default_factory=list)
 
 
+def _rss_mb() -> float | None:
+    """Resident memory of this process, for watching it stay flat over reloads (Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 class Consumer:
     def __init__(self, config: Config, stop: threading.Event) -> None:
         self.config = config
@@ -55,6 +68,10 @@ class Consumer:
         return self.live is None or version.step > self.live.version.step
 
     def run(self) -> Stats:
+        # Everything alive now (TensorFlow's modules above all) lives as long as the process:
+        # take it out of the collector's view, so the per-version collect below costs ~1 ms,
+        # not ~130 ms.
+        gc.freeze()
         try:
             while not self.stop.is_set():
                 version = self.source.next_version(self._wanted, self.stop)
@@ -65,6 +82,10 @@ class Consumer:
                 except Exception as err:  # the live version stays; the next one may do better
                     log.error("work_failed", step=version.step, mode=self.config.mode,
                               error=f"{type(err).__name__}: {err}"[:500])
+                # A tf.Graph holds reference cycles, so a dropped version would wait for a full
+                # collection that may not come for hundreds of loads. Collect here, after the
+                # work and off the handoff's path, so memory stays flat.
+                gc.collect()
                 if self.config.until_step is not None and version.step >= self.config.until_step:
                     break
         finally:
@@ -93,7 +114,8 @@ class Consumer:
         self.stats.handoff_seconds.append(handoff)
         log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
                  load_seconds=round(ready.load_seconds, 4), handoff_seconds=round(handoff, 4),
-                 replaced_step=previous.version.step if previous else None)
+                 phases={k: round(v, 4) for k, v in ready.phases.items()},
+                 replaced_step=previous.version.step if previous else None, rss_mb=_rss_mb())
         return True
 
     def _work(self) -> None:

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (EVENT_TYPE_CLOSED, EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED,
+                             EVENT_TYPE_MOVED, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -24,6 +25,11 @@ MISSING_DIR_POLL = 0.2  # seconds between looks for an export dir that does not 
 STOP_CHECK = 0.25  # a signal sets ``stop`` from the main thread; waits check it this often
 
 
+# Events that can change what is committed. Opens and read-only closes are left out: reading
+# the state file raises them, and a source woken by its own reads would spin.
+_CHANGES = {EVENT_TYPE_CREATED, EVENT_TYPE_MOVED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED}
+
+
 class _WakeOnCommit(FileSystemEventHandler):
     """Runs on the observer thread: it only notes that something may have been committed."""
 
@@ -32,6 +38,8 @@ class _WakeOnCommit(FileSystemEventHandler):
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _CHANGES:
+            return
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path and layout.is_commit_path(self.root, path):
                 self.wake.set()
@@ -49,6 +57,7 @@ class VersionSource:
         self.rescan = rescan
         self._wake = threading.Event()
         self._observer = None
+        self.scans = 0  # how often the directory was read: an idle source barely reads it
 
     def _start_observer(self) -> None:
         observer = PollingObserver(timeout=self.poll) if self.poll else Observer()
@@ -66,6 +75,7 @@ class VersionSource:
             if self._observer is None and self.root.is_dir():
                 self._start_observer()
             self._wake.clear()  # before the scan: a commit during the scan wakes the next wait
+            self.scans += 1
             candidates = [v for v in layout.versions(self.root, self.kind) if wanted(v)]
             if candidates:
                 return candidates[-1]

@@ -245,3 +245,38 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_a_version_deleted_while_loading_is_not_held_against_it(tmp_path, linear_export):
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 2000, root, kind="checkpoint")
+    version = layout.latest_checkpoint(root)
+    layout.remove_checkpoint_files(version.path)  # retention got there first
+    consumer = Consumer(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
+                               mode=loader.EVALUATE), threading.Event())
+    assert not consumer._swap_to(version)
+    assert consumer.failed == set() and consumer.live is None  # the newest will be tried next
+
+    _copy_version(linear_export.root, 2000, root, kind="checkpoint")
+    (layout.checkpoints_dir(root) / "model.ckpt-2000.meta").write_bytes(b"broken")
+    assert not consumer._swap_to(layout.latest_checkpoint(root))
+    assert consumer.failed == {version.path}  # still there and broken: never tried again
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "savedmodel"])
+def test_an_idle_consumer_is_not_woken_by_its_own_reads(kind, tmp_path, linear_export):
+    """Reading the state file raises inotify open/close events; they must not wake the source,
+    or it rescans in a loop and burns a core while nothing happens."""
+    import time
+
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 2000, root, kind=kind)
+    running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source=kind,
+                             mode=loader.EVALUATE))
+    try:
+        running.wait_loaded(2000)
+        scans = running.consumer.source.scans
+        time.sleep(1.0)  # idle: no commits, and the 5 s rescan is not due
+        assert running.consumer.source.scans - scans <= 1
+    finally:
+        running.close()

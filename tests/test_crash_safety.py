@@ -68,3 +68,22 @@ def test_reader_racing_the_writer_never_sees_an_incomplete_committed_version(tmp
         producer.kill()
     assert broken == []
     assert len(seen_checkpoints) > 50 and len(seen_savedmodels) > 20  # the race really ran
+
+
+def test_sigterm_ends_with_a_final_checkpoint_and_export_and_exit_0(tmp_path):
+    import signal
+
+    root = tmp_path / "exports"
+    producer = Process("producer", "--model", "mlp", "--export-dir", root, "--steps", "10000000",
+                       "--checkpoint-every", "100", "--export-every", "1000000")
+    try:
+        producer.wait_for(lambda e: e["event"] == "checkpoint_saved")
+        producer.popen.send_signal(signal.SIGTERM)
+        assert producer.wait(timeout=60) == 0, producer.stderr
+    finally:
+        producer.kill()
+    finished = producer.named("training_finished")[-1]
+    assert finished["reason"] == "signal"
+    assert layout.latest_checkpoint(root).step == finished["step"]
+    assert layout.latest_savedmodel(root).step == finished["step"]  # export-every never came
+    _assert_only_complete_versions(root)

@@ -162,3 +162,26 @@ def test_bad_export_dirs_exit_2_and_keep_data(tmp_path, linear_export):
     result = run("producer", "--model", "mlp", "--export-dir", linear_export.root, timeout=60)
     assert result.returncode == 2 and "holds versions of model 'linear'" in result.stderr
     assert sorted(p.name for p in (linear_export.root / "checkpoints").iterdir()) == before
+
+
+def test_keep_checkpoint_every_hours_keeps_files_outside_the_state(tmp_path):
+    import time
+
+    from shared.publish import Publisher
+    from shared.tfcompat import v1
+    from shared import models
+
+    spec = models.MODELS["linear"]
+    graph = models.build_training_graph(spec, datasets.load({"name": "linear"}), seed=0)
+    for hours, root in ((None, tmp_path / "plain"), (1e-6, tmp_path / "hourly")):
+        layout.claim(root, "linear")
+        publisher = Publisher(root, graph, keep_checkpoints=2, keep_checkpoint_every_hours=hours)
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            for step in range(1, 6):
+                time.sleep(0.01)  # 1e-6 hours is 3.6 ms: each retired checkpoint is due to be kept
+                publisher.save_checkpoint(session, step)
+        assert layout.read_checkpoint_state(root) == ["model.ckpt-4", "model.ckpt-5"]
+        on_disk = sorted(p.name for p in (root / "checkpoints").glob("*.index"))
+        expected = 2 if hours is None else 5
+        assert len(on_disk) == expected, on_disk
