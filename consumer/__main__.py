@@ -36,11 +36,7 @@ def _check_dirs(args: argparse.Namespace) -> None:
     if args.work_dir.resolve() == args.export_dir.resolve():
         raise layout.LayoutError("work dir must differ from the export dir: the consumer never "
                                  "writes into the producer's directory")
-    if args.mode == "train":
-        manifest = layout.read_manifest(args.export_dir) if args.export_dir.is_dir() else None
-        layout.claim(args.work_dir, (manifest or {}).get("model", "imported"))
-    else:
-        layout.check_writable_dir(args.work_dir)
+    layout.check_writable_dir(args.work_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

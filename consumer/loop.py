@@ -131,7 +131,9 @@ class Consumer:
             return
         log.info("trained", **result)
         try:
-            checkpoint, savedmodel = train.publish(live, self.config.work_dir, result["end_step"])
+            manifest = layout.read_manifest(self.config.export_dir) or {}
+            checkpoint, savedmodel = train.publish(live, self.config.work_dir, result["end_step"],
+                                                   manifest.get("model", live.dataset.name))
         except Exception as err:  # e.g. the source SavedModel was retired meanwhile
             log.warning("publish_failed", step=result["end_step"], error=f"{type(err).__name__}: {err}")
             return

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from consumer.loader import Loaded
+from shared import layout
 from shared.publish import Publisher
 
 
@@ -31,9 +32,12 @@ def continue_training(loaded: Loaded, steps: int, stop: threading.Event) -> dict
     return {"start_step": start, "end_step": int(session.run(model.global_step)), **means}
 
 
-def publish(loaded: Loaded, work_dir: Path, step: int) -> tuple[Path, Path | None]:
+def publish(loaded: Loaded, work_dir: Path, step: int, model: str) -> tuple[Path, Path | None]:
     """A checkpoint and a SavedModel of the trained session, by the same commit protocol as the
-    producer. A SavedModel source lends its ``serve`` meta graph; a checkpoint has none to lend."""
+    producer. A SavedModel source lends its ``serve`` meta graph; a checkpoint has none to lend.
+    The work dir is claimed for ``model`` here, when a version names it, not at start, when the
+    export dir may not even exist yet."""
+    layout.claim(work_dir, model)
     publisher = Publisher(work_dir, loaded.graph)
     checkpoint = publisher.save_checkpoint(loaded.session, step)
     serve_from = loaded.version.path if loaded.version.kind == "savedmodel" else None

@@ -28,13 +28,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.durable import TEMP_PREFIX, fsync_dir, fsync_tree, umask, write_atomic
+
 CHECKPOINTS = "checkpoints"
 SAVEDMODELS = "savedmodels"
 EVENTS = "events"
 MANIFEST = "export.json"
 STATE_FILE = "checkpoint"
 CHECKPOINT_BASENAME = "model.ckpt"
-STAGING_PREFIX = ".tmp-"
+STAGING_PREFIX = TEMP_PREFIX  # staging dirs and atomic-write temp files alike
 
 _CHECKPOINT_NAME = re.compile(r"^model\.ckpt-(\d+)$")
 _CHECKPOINT_FILE = re.compile(r"^(model\.ckpt-\d+)(\.index|\.meta|\.data-\d{5}-of-\d{5})$")
@@ -193,50 +195,6 @@ def savedmodel_is_complete(path: Path) -> bool:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def fsync_tree(path: Path) -> None:
-    """Flush every file and directory below ``path`` (and ``path`` itself) to disk."""
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            _fsync_path(Path(dirpath) / name, os.O_RDONLY)
-        _fsync_path(Path(dirpath), os.O_RDONLY | os.O_DIRECTORY)
-
-
-def fsync_files(paths: list[Path]) -> None:
-    for path in paths:
-        _fsync_path(path, os.O_RDONLY)
-
-
-def _fsync_path(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename, after the bytes are on disk."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{path.name}-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would lock out a reader of another user
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-
-
 def write_checkpoint_state(root: Path, names: list[str]) -> None:
     """Commit checkpoints: atomically replace the state file. ``names`` is oldest first.
 
@@ -253,7 +211,7 @@ def staging_dir(root: Path, step: int) -> Path:
     parent = savedmodels_dir(root)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{step}-", dir=parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would lock out a reader of another user
+    staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 would lock out a reader of another user
     return staging
 
 
@@ -261,7 +219,7 @@ def commit_dir(staging: Path, final: Path) -> None:
     """Publish a staged SavedModel: flush it, then one rename makes it a version."""
     fsync_tree(staging)
     os.rename(staging, final)  # fails rather than merge if ``final`` already holds a version
-    _fsync_path(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(final.parent)
 
 
 def discard_dir(path: Path) -> None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from shared import contract, layout
+from shared import contract, durable, layout
 from shared.tfcompat import tf, v1
 
 from tensorflow.core.protobuf import saved_model_pb2
@@ -64,7 +64,7 @@ class Publisher:
         with self.graph.as_default():  # outside it, Saver takes TF2's eager path
             self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
             self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
-        layout.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
+        durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
         names = [n for n in self._names if n != prefix.name] + [prefix.name]
         kept = names[-self.keep_checkpoints:] if self.keep_checkpoints else names
         layout.write_checkpoint_state(self.root, kept)  # the commit: from here on, a version

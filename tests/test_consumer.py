@@ -240,8 +240,9 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
 
     (tmp_path / "file").write_text("keep")
     args = [a.format(file=tmp_path / "file", dir=tmp_path) for a in args]
-    result = run("consumer", "--work-dir", tmp_path / "work", *args, timeout=60) \
-        if "--work-dir" not in args else run("consumer", *args, timeout=60)
+    if "--work-dir" not in args:
+        args += ["--work-dir", str(tmp_path / "work")]
+    result = run("consumer", *args, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert (tmp_path / "file").read_text() == "keep"
