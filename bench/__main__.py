@@ -57,7 +57,8 @@ def _consumer(root: Path, work: Path, *extra: str) -> Process:
 def handoff_run(name: str, consumers: int, sizes: Sizes, tmp: Path, *, baseline: bool = False,
                 poll: float | None = None, versions: int | None = None,
                 interval: float | None = None) -> dict:
-    """Publish versions at a steady pace; latency is each loaded version's commit to ready."""
+    """Publish versions at a steady pace; for each published version, the latency is its commit
+    until the watcher has it or a newer one ready."""
     root = tmp / name / "exports"
     root.mkdir(parents=True)
     extra = ("--poll", str(poll)) if poll else ()

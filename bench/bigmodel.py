@@ -74,7 +74,11 @@ def _tf_read_seconds(prefix: Path) -> float:
 
 
 def restore_throughput(size_mib: int, repeats: int) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="bench-restore-"))
+    with tempfile.TemporaryDirectory(prefix="bench-restore-") as tmp:
+        return _restore_throughput(Path(tmp), size_mib, repeats)
+
+
+def _restore_throughput(root: Path, size_mib: int, repeats: int) -> dict:
     layout.claim(root, "bench")
     graph, _ = build(size_mib)
     with v1.Session(graph=graph) as session:
@@ -99,7 +103,11 @@ def restore_throughput(size_mib: int, repeats: int) -> dict:
 
 
 def checkpoint_stall(size_mib: int, steps: int, every: int) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="bench-stall-"))
+    with tempfile.TemporaryDirectory(prefix="bench-stall-") as tmp:
+        return _checkpoint_stall(Path(tmp), size_mib, steps, every)
+
+
+def _checkpoint_stall(root: Path, size_mib: int, steps: int, every: int) -> dict:
     layout.claim(root, "bench")
     graph, model = build(size_mib)
     dataset = model.dataset

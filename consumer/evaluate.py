@@ -25,12 +25,10 @@ def evaluate(loaded: Loaded) -> dict[str, float]:
     return {name: float(value) for name, value in values.items()}
 
 
-def record(path: Path, loaded: Loaded, metrics: dict[str, float]) -> dict:
-    """Append one evaluation as a JSON line; returns what was written."""
+def record(path: Path, loaded: Loaded, metrics: dict[str, float]) -> None:
+    """Append one evaluation as a JSON line."""
     entry = {"step": loaded.version.step, "source": loaded.version.kind,
              "path": str(loaded.version.path), **metrics,
              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
-    return entry

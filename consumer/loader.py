@@ -59,8 +59,8 @@ def load(version: layout.Version, purpose: str) -> Loaded:
         phases["import"] = time.perf_counter() - started - phases["restore"] - phases["warm_up"]
     except Exception as err:  # anything a bad version can raise: TF, protobuf, OS, contract
         session.close()
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise LoadError(f"{type(err).__name__}: {message}"[:500]) from err
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise LoadError(f"{type(err).__name__}: {first_line}"[:500]) from err
     return Loaded(version, graph, session, training, serving, phases)
 
 

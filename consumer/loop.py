@@ -58,6 +58,7 @@ class Consumer:
         self.stop = stop
         self.source = VersionSource(config.export_dir, config.source, poll=config.poll,
                                     rescan=config.rescan)
+        config.work_dir.mkdir(parents=True, exist_ok=True)  # once, not per evaluation
         self.live: loader.Loaded | None = None
         self.failed: set[Path] = set()
         self.stats = Stats()
