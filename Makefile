@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 EXPORT ?= exports
 
-.PHONY: install producer consumer demo test inspect bench clean
+.PHONY: install producer consumer serve demo test inspect bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ producer: $(STAMP)
 
 consumer: $(STAMP)
 	$(PY) -m consumer $(ARGS)
+
+serve: $(STAMP)
+	$(PY) -m consumer --mode serve $(ARGS)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py $(ARGS)

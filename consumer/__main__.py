@@ -1,4 +1,5 @@
-"""``python -m consumer``: watch an export dir and evaluate or continue training each new version."""
+"""``python -m consumer``: watch an export dir and evaluate, continue training or serve each new
+version."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("work"),
                         help="evaluations.jsonl, and in train mode the consumer's own versions")
     parser.add_argument("--source", choices=("savedmodel", "checkpoint"), default="savedmodel")
-    parser.add_argument("--mode", choices=("evaluate", "train"), default="evaluate")
+    parser.add_argument("--mode", choices=("evaluate", "train", "serve"), default="evaluate")
     parser.add_argument("--train-steps", type=cli.positive_int, default=100, metavar="N")
     parser.add_argument("--until-step", type=cli.non_negative_int, default=None, metavar="N",
                         help="exit 0 once a version with step >= N has been handled")
@@ -25,8 +26,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="poll instead of inotify (network filesystems)")
     parser.add_argument("--rescan", type=cli.positive_float, default=5.0, metavar="SECONDS",
                         help="periodic rescan that catches events inotify dropped")
+    serve = parser.add_argument_group("serve mode (TF Serving's REST API)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=cli.port, default=8501, help="0 picks a free port")
+    serve.add_argument("--model-name", default=None,
+                       help="the name in /v1/models/NAME (default: export.json's model)")
+    serve.add_argument("--max-regression", type=cli.non_negative_float, default=None,
+                       metavar="R", help="refuse a version whose loss is more than the fraction "
+                                         "R above the live version's")
     parser.add_argument("--log-format", choices=logs.FORMATS, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.mode == "serve" and args.source != "savedmodel":
+        parser.error("--mode serve needs --source savedmodel: a checkpoint has no serving graph")
+    return args
 
 
 def _check_dirs(args: argparse.Namespace) -> None:
@@ -52,15 +65,47 @@ def main(argv: list[str] | None = None) -> int:
 
     config = Config(export_dir=args.export_dir, work_dir=args.work_dir, source=args.source,
                     mode=args.mode, train_steps=args.train_steps, until_step=args.until_step,
-                    poll=args.poll, rescan=args.rescan)
-    consumer = Consumer(config, stop)
+                    poll=args.poll, rescan=args.rescan, max_regression=args.max_regression)
     log = logs.get(PROG)
-    log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
-             mode=args.mode, until_step=args.until_step)
-    stats = consumer.run()
+    if args.mode == "serve":
+        stats = _serve(args, config, stop, log)
+    else:
+        log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
+                 mode=args.mode, until_step=args.until_step)
+        stats = Consumer(config, stop).run()
     log.info("consumer_stopped", loaded=len(stats.loaded), failed=len(stats.failed),
              last_step=stats.loaded[-1] if stats.loaded else None)
     return 0
+
+
+def _serve(args: argparse.Namespace, config, stop, log):
+    """The consumer's loop on this thread, the HTTP server on its own; at a signal, the server
+    drains its requests in flight before the last version is closed."""
+    from consumer.api import Api
+    from consumer.manager import Manager
+    from consumer.metrics import ServingMetrics
+    from consumer.loop import Consumer
+    from consumer.server import HttpServer
+
+    manager, metrics = Manager(), ServingMetrics()
+    api = Api(manager, args.export_dir, args.model_name)
+    try:
+        server = HttpServer(api, metrics, args.host, args.port)
+    except OSError as err:
+        cli.fail(PROG, f"cannot listen on {args.host}:{args.port}: {err.strerror or err}")
+    consumer = Consumer(config, stop, manager, metrics)
+    log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
+             mode=args.mode, until_step=args.until_step)
+    server.start()
+    model = api.served_name()  # None until export.json exists: then it is read at first use
+    log.info("serving", host=server.host, port=server.port, model=model,
+             url=f"http://{server.host}:{server.port}/v1/models/{model or '<name>'}")
+    try:
+        stats = consumer.run()
+    finally:
+        server.stop()
+        manager.close()
+    return stats
 
 
 if __name__ == "__main__":

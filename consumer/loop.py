@@ -1,20 +1,24 @@
-"""The manager: decides which version is live. It loads the new one before it drops the old one,
-then evaluates or trains the live version.
+"""The consumer's loop: takes each new version from the source, loads it, and only once it is
+ready (and, in serve mode, has passed the promotion gate) makes it live through the manager.
+Then it evaluates or trains the live version; in serve mode the HTTP server answers from it.
 
-A version that fails to load is logged and skipped, and the live one stays live. A version
-deleted while it was loading (retention) is not held against anyone: the next pass takes the
-newest.
+A version that fails to load, or that the gate refuses, is logged and skipped, and the live one
+stays live. A version deleted while it was loading (retention) is not held against anyone: the
+next pass takes the newest.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from consumer import evaluate, loader, train
+from consumer.manager import Manager
+from consumer.metrics import ServingMetrics
 from consumer.source import VersionSource
 from shared import layout, logs
 
@@ -26,8 +30,9 @@ class Config:
     export_dir: Path
     work_dir: Path
     source: str  # "savedmodel" or "checkpoint"
-    mode: str  # loader.EVALUATE or loader.TRAIN
+    mode: str  # loader.EVALUATE, loader.TRAIN or loader.SERVE
     train_steps: int = 100
+    max_regression: float | None = None  # serve mode: refuse a loss this fraction above live
     until_step: int | None = None
     poll: float | None = None
     rescan: float = 5.0
@@ -53,18 +58,26 @@ def _rss_mb() -> float | None:
 
 
 class Consumer:
-    def __init__(self, config: Config, stop: threading.Event) -> None:
+    def __init__(self, config: Config, stop: threading.Event, manager: Manager | None = None,
+                 metrics: ServingMetrics | None = None) -> None:
+        """A ``manager`` passed in is shared (with an HTTP server) and closed by its owner."""
         self.config = config
         self.stop = stop
         self.source = VersionSource(config.export_dir, config.source, poll=config.poll,
                                     rescan=config.rescan)
         config.work_dir.mkdir(parents=True, exist_ok=True)  # once, not per evaluation
-        self.live: loader.Loaded | None = None
-        self.failed: set[Path] = set()
+        self.manager = manager or Manager()
+        self._owns_manager = manager is None
+        self.metrics = metrics
+        self.refused: set[Path] = set()  # broken or gated versions: never tried again
         self.stats = Stats()
 
+    @property
+    def live(self) -> loader.Loaded | None:
+        return self.manager.live
+
     def _wanted(self, version: layout.Version) -> bool:
-        if version.path in self.failed:
+        if version.path in self.refused:
             return False
         return self.live is None or version.step > self.live.version.step
 
@@ -76,23 +89,26 @@ class Consumer:
         try:
             while not self.stop.is_set():
                 version = self.source.next_version(self._wanted, self.stop)
-                if version is None or not self._swap_to(version):
+                if version is None:
                     continue
-                try:
-                    self._work()
-                except Exception as err:  # the live version stays; the next one may do better
-                    log.error("work_failed", step=version.step, mode=self.config.mode,
-                              error=f"{type(err).__name__}: {err}"[:500])
-                # A tf.Graph holds reference cycles, so a dropped version would wait for a full
-                # collection that may not come for hundreds of loads. Collect here, after the
-                # work and off the handoff's path, so memory stays flat.
+                swapped = self._swap_to(version)
+                if swapped:
+                    try:
+                        self._work()
+                    except Exception as err:  # the live version stays; the next may do better
+                        log.error("work_failed", step=version.step, mode=self.config.mode,
+                                  error=f"{type(err).__name__}: {err}"[:500])
+                # A tf.Graph holds reference cycles, so a dropped or refused version would wait
+                # for a full collection that may not come for hundreds of loads. Collect here,
+                # after the work and off the handoff's path, so memory stays flat.
                 gc.collect()
-                if self.config.until_step is not None and version.step >= self.config.until_step:
+                if (swapped and self.config.until_step is not None
+                        and version.step >= self.config.until_step):
                     break
         finally:
             self.source.close()
-            if self.live is not None:
-                self.live.close()
+            if self._owns_manager:
+                self.manager.close()
         return self.stats
 
     def _swap_to(self, version: layout.Version) -> bool:
@@ -104,13 +120,16 @@ class Consumer:
             log.warning("load_failed", step=version.step, path=str(version.path), error=str(err),
                         deleted_while_loading=deleted)
             if not deleted:  # a vanished version is simply superseded; a broken one is skipped
-                self.failed.add(version.path)
+                self.refused.add(version.path)
             self.stats.failed.append(str(version.path))
+            self._count_refusal("load_failed")
+            return False
+        if self.config.mode == loader.SERVE and not self._promote(ready):
             return False
         handoff = max(0.0, time.time() - version.committed_at)
-        previous, self.live = self.live, ready
-        if previous is not None:
-            previous.close()
+        previous = self.manager.swap(ready)  # closes once its last request has ended
+        if self.metrics is not None:
+            self.metrics.went_live(version.step)
         self.stats.loaded.append(version.step)
         self.stats.handoff_seconds.append(handoff)
         log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
@@ -119,10 +138,36 @@ class Consumer:
                  replaced_step=previous.version.step if previous else None, rss_mb=_rss_mb())
         return True
 
+    def _promote(self, ready: loader.Loaded) -> bool:
+        """Serve mode's gate: score ``ready`` on its evaluation split before it takes traffic.
+        Refused: a metric that is NaN or infinite, or with ``max_regression`` R, a loss more than
+        the fraction R above the live version's."""
+        try:
+            ready.metrics = evaluate.evaluate(ready)
+        except Exception as err:  # a version that cannot run its own data is not servable
+            ready.metrics = {"error": f"{type(err).__name__}: {err}"[:500]}
+        reason = _refusal(ready.metrics, self.live, self.config.max_regression)
+        if reason is None:
+            return True
+        live = self.live
+        log.warning("promotion_refused", step=ready.version.step, path=str(ready.version.path),
+                    reason=reason, live_step=live.version.step if live else None,
+                    live_loss=(live.metrics or {}).get("loss") if live else None, **ready.metrics)
+        ready.close()
+        self.refused.add(ready.version.path)
+        self.stats.failed.append(str(ready.version.path))
+        self._count_refusal("promotion_refused")
+        return False
+
+    def _count_refusal(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(reason)
+
     def _work(self) -> None:
         live = self.live
-        if self.config.mode == loader.EVALUATE:
-            metrics = evaluate.evaluate(live)
+        if self.config.mode in (loader.EVALUATE, loader.SERVE):
+            # serve mode scored the version at its gate already; evaluate mode scores it now
+            metrics = live.metrics if live.metrics is not None else evaluate.evaluate(live)
             evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
             log.info("evaluated", step=live.version.step, source=live.version.kind, **metrics)
             return
@@ -141,3 +186,19 @@ class Consumer:
         log.info("checkpoint_saved", step=result["end_step"], path=str(checkpoint))
         if savedmodel is not None:
             log.info("model_exported", step=result["end_step"], path=str(savedmodel))
+
+
+def _refusal(metrics: dict, live: loader.Loaded | None, max_regression: float | None) -> str | None:
+    """Why the gate refuses a version with these ``metrics``, or None if it passes."""
+    if "error" in metrics:
+        return f"its evaluation failed: {metrics['error']}"
+    bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
+    if bad:
+        return f"non-finite metrics: {', '.join(f'{n}={metrics[n]}' for n in bad)}"
+    if max_regression is None or live is None or not live.metrics or "loss" not in live.metrics:
+        return None
+    limit = live.metrics["loss"] * (1 + max_regression)
+    if metrics["loss"] > limit:
+        return (f"loss {metrics['loss']:.6g} is more than {max_regression:.0%} above the live "
+                f"version's {live.metrics['loss']:.6g}")
+    return None

@@ -231,7 +231,9 @@ def test_training_continues_at_the_producers_accuracy_not_chance(mlp_export):
 @pytest.mark.parametrize("args, message", [
     (["--export-dir", "{file}"], "is a file"),
     (["--export-dir", "{dir}", "--work-dir", "{dir}"], "must differ"),
-    (["--mode", "serve"], "invalid choice"),
+    (["--mode", "serve", "--source", "checkpoint"], "a checkpoint has no serving graph"),
+    (["--mode", "predict"], "invalid choice"),
+    (["--mode", "serve", "--port", "70000"], "port from 0 to 65535"),
     (["--poll", "0"], "must be > 0"),
     (["--bogus"], "unrecognized arguments"),
 ])
@@ -256,12 +258,12 @@ def test_a_version_deleted_while_loading_is_not_held_against_it(tmp_path, linear
     consumer = Consumer(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
                                mode=loader.EVALUATE), threading.Event())
     assert not consumer._swap_to(version)
-    assert consumer.failed == set() and consumer.live is None  # the newest will be tried next
+    assert consumer.refused == set() and consumer.live is None  # the newest will be tried next
 
     _copy_version(linear_export.root, 2000, root, kind="checkpoint")
     (layout.checkpoints_dir(root) / "model.ckpt-2000.meta").write_bytes(b"broken")
     assert not consumer._swap_to(layout.latest_checkpoint(root))
-    assert consumer.failed == {version.path}  # still there and broken: never tried again
+    assert consumer.refused == {version.path}  # still there and broken: never tried again
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "savedmodel"])

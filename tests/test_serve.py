@@ -1,0 +1,309 @@
+"""Serve mode: a real server process, a real HTTP client, versions published while it serves."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from shared import layout
+from tests.helpers import Process
+
+MIB = 1024 * 1024
+
+
+class Client:
+    """One keep-alive HTTP connection, as a REST client would hold it."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, method: str, path: str, body=None) -> tuple[int, dict, object]:
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        self.connection.request(method, path, body=data)
+        response = self.connection.getresponse()
+        payload = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        parsed = json.loads(payload) if headers.get("content-type") == "application/json" else payload
+        return response.status, headers, parsed
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def start_server(export_dir, work_dir, *extra) -> tuple[Process, int]:
+    server = Process("consumer", "--mode", "serve", "--export-dir", export_dir, "--work-dir",
+                     work_dir, "--port", "0", *extra)
+    serving = server.wait_for(lambda e: e["event"] == "serving", timeout=60)
+    return server, serving["port"]
+
+
+@pytest.fixture(scope="module")
+def mlp_server(mlp_export, tmp_path_factory):
+    """A server on a copy of the mlp's last SavedModel (step 10000)."""
+    root = tmp_path_factory.mktemp("served") / "exports"
+    layout.claim(root, "mlp")
+    source = layout.latest_savedmodel(mlp_export.root)
+    staging = layout.staging_dir(root, source.step)
+    shutil.copytree(source.path, staging, dirs_exist_ok=True)
+    layout.commit_dir(staging, layout.savedmodel_path(root, source.step))
+    server, port = start_server(root, root.parent / "work")
+    server.wait_for(lambda e: e["event"] == "model_loaded", timeout=60)
+    client = Client(port)
+    yield server, client, port
+    client.close()
+    assert server.terminate() == 0, server.stderr
+
+
+def test_status_and_versions(mlp_server):
+    _, client, _ = mlp_server
+    available = {"model_version_status": [{"version": "10000", "state": "AVAILABLE",
+                                           "status": {"error_code": "OK", "error_message": ""}}]}
+    for path in ("/v1/models/mlp", "/v1/models/MLP/versions/10000"):  # names: any case
+        status, _, body = client.call("GET", path)
+        assert (status, body) == (200, available)
+    status, _, body = client.call("GET", "/v1/models/mlp/versions/500")
+    assert status == 404 and "10000" in body["error"]
+    status, _, body = client.call("GET", "/v1/models/other")
+    assert status == 404 and "other" in body["error"]
+
+
+def test_metadata_lists_the_serving_signature(mlp_server):
+    _, client, _ = mlp_server
+    for path in ("/v1/models/mlp/metadata", "/v1/models/mlp/versions/10000/metadata"):
+        status, _, body = client.call("GET", path)
+        assert status == 200
+        assert body["model_spec"] == {"name": "mlp", "signature_name": "", "version": "10000"}
+        signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert signature["method_name"] == "tensorflow/serving/predict"
+        features = signature["inputs"]["features"]
+        assert features["dtype"] == "DT_FLOAT"
+        assert [d["size"] for d in features["tensor_shape"]["dim"]] == ["-1", "28"]
+        assert signature["outputs"]["classes"]["dtype"] == "DT_STRING"
+
+
+def test_predict_row_and_columnar_formats_agree_and_return_class_names(mlp_server):
+    _, client, _ = mlp_server
+    rows = np.random.default_rng(1).random((3, 28)).round(4).tolist()
+    status, headers, by_row = client.call("POST", "/v1/models/mlp:predict", {"instances": rows})
+    assert status == 200 and headers["x-model-version"] == "10000"
+    predictions = by_row["predictions"]
+    assert len(predictions) == 3 and set(predictions[0]) == {"classes", "probabilities"}
+    for prediction in predictions:
+        assert prediction["classes"] == f"class_{int(np.argmax(prediction['probabilities']))}"
+        assert sum(prediction["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+
+    status, headers, by_column = client.call(
+        "POST", "/v1/models/mlp/versions/10000:predict",
+        {"signature_name": "serving_default", "inputs": {"features": rows}})
+    assert status == 200 and headers["x-model-version"] == "10000"
+    outputs = by_column["outputs"]
+    assert outputs["classes"] == [p["classes"] for p in predictions]
+    assert np.allclose(outputs["probabilities"], [p["probabilities"] for p in predictions])
+
+    status, _, named_rows = client.call("POST", "/v1/models/mlp:predict",
+                                        {"instances": [{"features": row} for row in rows]})
+    assert status == 200 and named_rows == by_row
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "JSON parse error"),
+    ({"instances": [[0.0] * 28], "inputs": [[0.0] * 28]}, 400, "only one of"),
+    ({"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances'"),
+    ({"instances": [[0.0] * 27]}, 400, "expected [?, 28]"),
+    ({"instances": [["a"] * 28]}, 400, "expects DT_FLOAT"),
+    ({"instances": [[0.0] * 28, [0.0]]}, 400, "ragged"),
+    ({"instances": [[0.0] * 28], "signature_name": "nope"}, 400, "\"nope\" not found"),
+])
+def test_bad_predict_requests_get_400_and_hurt_nobody(mlp_server, body, status, message):
+    _, client, _ = mlp_server
+    got, _, answer = client.call("POST", "/v1/models/mlp:predict", body)
+    assert got == status and message in answer["error"]
+    ok, headers, _ = client.call("POST", "/v1/models/mlp:predict", {"instances": [[0.5] * 28]})
+    assert ok == 200 and headers["x-model-version"] == "10000"
+
+
+def test_unknown_model_or_version_gets_404_and_a_huge_body_413(mlp_server):
+    _, client, port = mlp_server
+    status, _, body = client.call("POST", "/v1/models/nope:predict", {"instances": [[0.5] * 28]})
+    assert status == 404 and "error" in body
+    status, _, body = client.call("POST", "/v1/models/mlp/versions/1:predict",
+                                  {"instances": [[0.5] * 28]})
+    assert status == 404 and "error" in body
+    # Declare a 17 MiB body: the server refuses it from the header, before reading it.
+    raw = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    raw.putrequest("POST", "/v1/models/mlp:predict")
+    raw.putheader("Content-Length", str(17 * MIB))
+    raw.endheaders()
+    response = raw.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    raw.close()
+
+
+def test_prometheus_metrics_count_requests_and_show_the_live_version(mlp_server):
+    _, client, _ = mlp_server
+    client.call("POST", "/v1/models/mlp:predict", {"instances": [[0.5] * 28]})
+    status, headers, text = client.call("GET", "/monitoring/prometheus/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = text.decode()
+    assert "handoff_live_version 10000.0" in text
+    assert 'handoff_requests_total{code="200",endpoint="predict"}' in text
+    assert 'handoff_requests_total{code="400",endpoint="predict"}' in text
+    assert 'handoff_request_latency_seconds_bucket{endpoint="predict",le="0.005"}' in text
+    assert "handoff_versions_loaded_total 1.0" in text
+
+
+def test_listens_on_loopback_only_by_default(mlp_server):
+    server, _, port = mlp_server
+    assert server.named("serving")[0]["host"] == "127.0.0.1"
+    with open("/proc/net/tcp") as table:
+        listening = [line.split()[1] for line in table.readlines()[1:]
+                     if line.split()[3] == "0A"]  # state LISTEN
+    assert f"0100007F:{port:04X}" in listening  # 127.0.0.1, little-endian hex as the kernel shows it
+
+
+# -- swaps under load ----------------------------------------------------------------------------
+
+
+class LinearVersions:
+    """Publishes linear-model SavedModels whose intercept encodes their step, so every response
+    can be checked against the version its header names: prediction(x=0) == intercept(step)."""
+
+    def __init__(self, root) -> None:
+        from shared import datasets, models
+        from shared.publish import Publisher
+        from shared.tfcompat import tf, v1
+
+        self.spec = models.MODELS["linear"]
+        self.dataset = datasets.load({"name": "linear", "seed": 0})
+        layout.claim(root, "linear")
+        self.graph = models.build_training_graph(self.spec, self.dataset, seed=0)
+        self.publisher = Publisher(root, self.graph, keep_exports=5)
+        with self.graph.as_default():
+            variables = {v.op.name.split("/")[-1]: v for v in v1.global_variables()}
+            self.value = v1.placeholder(tf.float64, [])
+            self.set_slope = variables["slope"].assign(self.value)
+            self.set_intercept = variables["intercept"].assign(self.value)
+            self.session = v1.Session(graph=self.graph)
+            self.session.run(v1.global_variables_initializer())
+        self.session.run(self.set_slope, {self.value: 1.5})
+
+    def publish(self, step: int, intercept: float) -> None:
+        from shared import models
+
+        self.session.run(self.set_intercept, {self.value: intercept})
+        self.publisher.export_savedmodel(
+            self.session, step,
+            serving=lambda assets: models.build_serving_graph(self.spec, self.dataset, assets))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def intercept_for(step: int) -> float:
+    """Closer to the true -3 with every step, so each version's loss improves on the last."""
+    return -3.0 + 1.0 / step
+
+
+def test_swaps_under_load_fail_no_request_and_each_answer_matches_its_version(tmp_path):
+    root = tmp_path / "exports"
+    root.mkdir()
+    server, port = start_server(root, tmp_path / "work", "--max-regression", "0.5")
+    clients, stop, results = [], threading.Event(), []
+    try:
+        client = Client(port)
+        status, _, body = client.call("GET", "/v1/models/linear")
+        assert status == 503 and "ready" in body["error"]  # nothing loaded yet
+        client.close()
+
+        versions = LinearVersions(root)
+        versions.publish(1, intercept_for(1))
+        server.wait_for(lambda e: e["event"] == "model_loaded" and e["step"] == 1)
+
+        def hammer(client: Client, seen: list) -> None:
+            while not stop.is_set():
+                seen.append(client.call("POST", "/v1/models/linear:predict",
+                                        {"instances": [[0.0], [1.0]]}))
+
+        threads = []
+        for _ in range(4):
+            clients.append(Client(port))
+            results.append([])
+            threads.append(threading.Thread(target=hammer, args=(clients[-1], results[-1])))
+            threads[-1].start()
+        last = 40
+        for step in range(2, last + 1):
+            versions.publish(step, intercept_for(step))
+            time.sleep(0.08)
+        server.wait_for(lambda e: e["event"] == "model_loaded" and e["step"] == last, timeout=30)
+        time.sleep(0.3)  # the clients meet the last version too
+
+        # The gate: a worse version and a NaN one are refused; the live one keeps answering.
+        versions.publish(last + 1, 10.0)
+        refused = server.wait_for(lambda e: e["event"] == "promotion_refused")
+        assert refused["step"] == last + 1 and "above the live version" in refused["reason"]
+        versions.publish(last + 2, float("nan"))
+        refused = server.wait_for(lambda e: e["event"] == "promotion_refused")
+        assert refused["step"] == last + 2 and "non-finite" in refused["reason"]
+        time.sleep(0.3)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        versions.close()
+    finally:
+        stop.set()
+        for client in clients:
+            client.close()
+        code = server.terminate()
+    assert code == 0, server.stderr
+
+    swaps = [e["step"] for e in server.named("model_loaded")]
+    assert len(swaps) >= 30 and swaps[-1] == last, swaps
+    answered = 0
+    for seen in results:
+        assert seen, "a client got no answer"
+        steps = []
+        for status, headers, body in seen:
+            assert status == 200, body
+            step = int(headers["x-model-version"])
+            zero, one = body["predictions"]
+            # The answer came from the version its header names, never a half-restored one.
+            assert zero == [pytest.approx(intercept_for(step), abs=1e-12)]
+            assert one == [pytest.approx(1.5 + intercept_for(step), abs=1e-12)]
+            steps.append(step)
+        assert steps == sorted(steps), "a client saw the version go backwards"
+        assert steps[-1] == last  # gated versions never answered
+        answered += len(seen)
+    assert answered > 200
+    assert server.named("consumer_stopped")
+
+
+def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_export):
+    """The swap's invariant, in one process with real sessions: the old version closes only when
+    the last request holding it ends, and a request never sees its version change."""
+    from consumer import api as api_module
+    from consumer import loader
+    from consumer.manager import Manager
+
+    versions = layout.savedmodel_versions(mlp_export.root)
+    manager = Manager()
+    manager.swap(loader.load(versions[-2], loader.SERVE))
+    body = json.dumps({"instances": [[0.5] * 28]}).encode()
+    with manager.handle() as held:
+        old = held.loaded
+        manager.swap(loader.load(versions[-1], loader.SERVE))  # the new one goes live now
+        assert manager.live.version.step == versions[-1].step
+        # the request in flight still runs on its own version
+        features = old.signatures["serving_default"].inputs["features"].name
+        old.session.run("probabilities:0", {features: np.full((1, 28), 0.5, np.float32)})
+        assert not old.session._closed
+    assert old.session._closed  # its last request ended: now it is closed
+    answer, step = api_module.Api(manager, mlp_export.root, "mlp").predict("mlp", None, body)
+    assert step == versions[-1].step and json.loads(answer)["predictions"]
+    manager.close()
+    assert manager.live is None
