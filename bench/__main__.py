@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import percentile
+from bench.serving import serving_run
 from shared.processes import REPO, Process, command, env, event_time
 
 DOC = REPO / "docs" / "BENCHMARKS.md"
@@ -36,17 +38,13 @@ class Sizes:
     stall_mib: int
     stall_steps: int
     stall_every: int
+    serve_versions: int  # per serving run, one every 100 ms
 
 
 FULL = Sizes(versions=60, interval=0.25, reloads=500, reload_interval=0.08, restore_mib=1024,
-             stall_mib=256, stall_steps=400, stall_every=100)
+             stall_mib=256, stall_steps=400, stall_every=100, serve_versions=100)
 QUICK = Sizes(versions=10, interval=0.15, reloads=40, reload_interval=0.05, restore_mib=32,
-              stall_mib=16, stall_steps=100, stall_every=50)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+              stall_mib=16, stall_steps=100, stall_every=50, serve_versions=15)
 
 
 def _consumer(root: Path, work: Path, *extra: str) -> Process:
@@ -125,7 +123,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
 
 
-def table(native, poll, baseline, scaled, memory, big, sizes: Sizes) -> tuple[str, list[str]]:
+def table(native, poll, baseline, scaled, memory, big, serve, sizes: Sizes) -> tuple[str, list[str]]:
     def latency(run):
         return f"p50 {ms(run['p50'])}, p95 {ms(run['p95'])}, max {ms(run['max'])} " \
                f"over {run['published']} versions ({run['loaded']} loads)"
@@ -156,6 +154,7 @@ def table(native, poll, baseline, scaled, memory, big, sizes: Sizes) -> tuple[st
          f"{stall['steps_per_s_checkpointing']:.0f} vs {stall['steps_per_s_plain']:.0f} steps/s",
          f"{stall['save_s'] / stall['vanilla_save_s']:.2f}x vanilla Saver.save "
          f"({stall['vanilla_save_s']:.2f} s)", "report", None),
+        *serving_rows(serve),
     ]
     lines = ["| benchmark | figure | against the baseline | target | met |",
              "|---|---|---|---|---|"]
@@ -167,8 +166,46 @@ def table(native, poll, baseline, scaled, memory, big, sizes: Sizes) -> tuple[st
              + ", ".join(f"{name} {ms(seconds)}" for name, seconds in split.items()) + ".",
              f"Restore split: TF's RestoreV2 alone (read + crc32c) {restore['tf_read_s']:.2f} s, "
              f"restore with assign {restore['restore_s']:.2f} s, whole load {restore['load_s']:.2f} s.",
+             serving_profile(serve),
              f"Sizes: {sizes}."]
     return "\n".join(lines), notes
+
+
+def serving_rows(serve: dict) -> list[tuple]:
+    quiet, swapping, limit = serve["quiet"], serve["swapping"], serve["inprocess"]
+
+    def load(run):
+        return (f"{run['requests_per_s']:.0f} req/s, p50 {ms(run['p50'])}, p99 {ms(run['p99'])}, "
+                f"{run['failed']} failed of {run['answers']}")
+
+    p99_ratio = swapping["p99"] / quiet["p99"]
+    every = f"{serve['interval'] * 1000:.0f} ms"
+    return [
+        (f"Serving, a swap every {every} ({serve['swaps']} swaps)", load(swapping),
+         f"p99 {p99_ratio:.2f}x the run without swaps", "p99 <= 1.5x, 0 failed",
+         p99_ratio <= 1.5 and swapping["failed"] == 0 and quiet["failed"] == 0),
+        ("Serving, no swaps (same publisher load, unwatched dir)", load(quiet), "baseline", "",
+         None),
+        ("Serving staleness, commit to first answer",
+         f"p50 {ms(serve['staleness_p50'])}, max {ms(serve['staleness_max'])}",
+         f"{1.0 / serve['staleness_p50']:.0f}x inside TF Serving's 1 s poll", "p50 < 10 ms",
+         serve["staleness_p50"] < 0.010),
+        ("Serving throughput against the in-process limit",
+         f"{quiet['requests_per_s']:.0f} req/s over HTTP",
+         f"{quiet['requests_per_s'] / limit['requests_per_s']:.2f}x the "
+         f"{limit['requests_per_s']:.0f} Session.run/s of one process", "report", None),
+    ]
+
+
+def serving_profile(serve: dict) -> str:
+    limit, quiet = serve["inprocess"], serve["quiet"]
+    return (f"Where a predict's time goes (mlp, one example, {serve['clients']} clients): "
+            f"Session.run {ms(limit['session_run_s'])}; the whole Api.predict (JSON parse, "
+            f"handle, run, render) {ms(limit['api_predict_s'])} in-process; in the server's pool "
+            f"{ms(serve['server_predict_s'])} on average; at the client p50 {ms(quiet['p50'])}. "
+            f"The rest is HTTP (uvicorn, h11, Starlette) and the client, all on 2 cores. "
+            f"A swap under this load (medians): " + ", ".join(
+                f"{name} {ms(seconds)}" for name, seconds in serve["load_phases"].items()) + ".")
 
 
 def machine() -> str:
@@ -206,7 +243,8 @@ def main() -> int:
         scaled = handoff_run("scale4", 4, sizes, tmp)
         memory = memory_run(sizes, tmp)
         big = bigmodel_run(sizes)
-    results, notes = table(native, poll, baseline, scaled, memory, big, sizes)
+        serve = serving_run(sizes.serve_versions, 0.1, tmp)
+    results, notes = table(native, poll, baseline, scaled, memory, big, serve, sizes)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     text = (f"Run of {when}, {'quick' if args.quick else 'full'}, "
             f"{time.monotonic() - started:.0f} s.\nMachine: {machine()}.\n\n{results}\n\n"

@@ -1,9 +1,10 @@
-"""A paced producer for the latency benchmarks: one linear-model version every ``--interval``.
+"""A paced producer for the latency benchmarks: one version every ``--interval``.
 
 The real producer trains as fast as it can, so its versions arrive in bursts that a consumer
 rightly coalesces. Handoff latency is measured per version, so versions come at a steady pace
-here. They are published by the producer's own code path (``shared.publish``). Each commit
-prints ``{"event": "committed", "step", "committed_at"}``, with the same ctime the consumer reads.
+here, one training step apart. They are published by the producer's own code path
+(``shared.publish``): checkpoints, or SavedModels with the ``serve`` graph. Each commit prints
+``{"event": "committed", "step", "committed_at"}``, with the same ctime the consumer reads.
 """
 
 from __future__ import annotations
@@ -23,24 +24,34 @@ def main() -> None:
     parser.add_argument("--export-dir", type=Path, required=True)
     parser.add_argument("--versions", type=int, required=True)
     parser.add_argument("--interval", type=float, required=True)
+    parser.add_argument("--model", choices=sorted(models.MODELS), default="linear")
+    parser.add_argument("--kind", choices=("checkpoint", "savedmodel"), default="checkpoint")
+    parser.add_argument("--first-step", type=int, default=1, help="the first version's number")
     args = parser.parse_args()
 
-    spec = models.MODELS["linear"]
+    spec = models.MODELS[args.model]
     dataset = datasets.load({"name": spec.dataset, "seed": 0})
     layout.claim(args.export_dir, spec.name)
     graph = models.build_training_graph(spec, dataset, seed=0)
     model = contract.read_training(graph)
     publisher = Publisher(args.export_dir, graph)
+
+    def serving(assets: Path) -> models.ServingGraph:
+        return models.build_serving_graph(spec, dataset, assets)
+
     with v1.Session(graph=graph) as session:
         session.run(v1.global_variables_initializer())
         due = time.monotonic()
-        for step in range(1, args.versions + 1):
+        for step in range(args.first_step, args.first_step + args.versions):
             features, labels = dataset.batch(step)
             session.run(model.train_op, {model.features: features, model.labels: labels})
             due += args.interval
             time.sleep(max(0.0, due - time.monotonic()))
-            publisher.save_checkpoint(session, step)
-            committed_at = layout.latest_checkpoint(args.export_dir).committed_at
+            if args.kind == "checkpoint":
+                publisher.save_checkpoint(session, step)
+            else:
+                publisher.export_savedmodel(session, step, serving=serving)
+            committed_at = layout.versions(args.export_dir, args.kind)[-1].committed_at
             print(json.dumps({"event": "committed", "step": step, "committed_at": committed_at}),
                   flush=True)
 

@@ -142,10 +142,12 @@ class Consumer:
         """Serve mode's gate: score ``ready`` on its evaluation split before it takes traffic.
         Refused: a metric that is NaN or infinite, or with ``max_regression`` R, a loss more than
         the fraction R above the live version's."""
+        started = time.perf_counter()
         try:
             ready.metrics = evaluate.evaluate(ready)
         except Exception as err:  # a version that cannot run its own data is not servable
             ready.metrics = {"error": f"{type(err).__name__}: {err}"[:500]}
+        ready.phases["gate"] = time.perf_counter() - started
         reason = _refusal(ready.metrics, self.live, self.config.max_regression)
         if reason is None:
             return True

@@ -1,8 +1,10 @@
-"""``make demo``: a consumer and a producer as two real processes, and the handoff between them.
+"""``make demo``: a producer, an evaluating consumer and a serving consumer as real processes.
 
-It starts an evaluating consumer on an empty directory, then runs the producer on the linear
-model, exporting a SavedModel every 200 steps. It prints each version as the consumer takes it,
-stops both, and sums up. It reads only their JSON logs and imports no TensorFlow itself.
+It starts both consumers on an empty directory, then runs the producer on the linear model,
+exporting a SavedModel every 200 steps. It prints each version as the evaluator takes it, and a
+client queries the server while training runs, printing the answering version and its
+prediction for x = 2 (the true line gives 1.5 * 2 - 3 = 0) each time it changes. Then it stops
+them and sums up. It reads only their JSON logs and HTTP answers, and imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from shared.processes import Process
+from shared.rest_client import RestClient
 
 
 def show(name: str, kinds: set[str]):
@@ -35,9 +40,42 @@ def describe(event: dict) -> str:
                 f" {event['handoff_seconds'] * 1000:.0f} ms after its commit")
     if kind == "evaluated":
         return f"evaluated SavedModel {event['step']:>5}  loss {event['loss']:.5f}"
+    if kind == "serving":
+        return f"serving on http://{event['host']}:{event['port']}/v1/models/{event['model']}"
+    if kind == "promotion_refused":
+        return f"refused   SavedModel {event['step']:>5}: {event['reason']}"
     if kind == "load_failed":
         return f"refused   {event['path']}: {event['error']}"
     return kind
+
+
+class Client(threading.Thread):
+    """Asks the server for the prediction at x = 2 every 20 ms; prints each new version's."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.stop = port, threading.Event()
+        self.answers, self.failures, self.versions = 0, 0, []
+
+    def run(self) -> None:
+        client = RestClient(self.port, timeout=10)
+        while not self.stop.wait(0.02):
+            try:
+                status, headers, answer = client.predict("linear", {"instances": [[2.0]]})
+            except OSError:
+                status = 0
+            if status == 503:  # no version yet
+                continue
+            if status != 200:
+                self.failures += 1
+                continue
+            self.answers += 1
+            version = int(headers["x-model-version"])
+            if not self.versions or version != self.versions[-1]:
+                self.versions.append(version)
+                print(f"  {'client':<9} answer from version {version:>5}: "
+                      f"prediction(x=2) = {answer['predictions'][0][0]:+.5f}", flush=True)
+        client.close()
 
 
 def main() -> int:
@@ -53,19 +91,33 @@ def main() -> int:
     consumer = Process("consumer", "--export-dir", exports, "--work-dir", work,
                        "--until-step", args.steps,
                        on_event=show("consumer", {"model_loaded", "evaluated", "load_failed"}))
-    producer = None
+    server = Process("consumer", "--mode", "serve", "--export-dir", exports, "--work-dir",
+                     run_dir / "serve-work", "--port", 0, "--model-name", "linear",
+                     on_event=show("server", {"serving", "promotion_refused", "load_failed"}))
+    producer, client = None, None
     try:
         consumer.wait_for(lambda e: e["event"] == "watching", timeout=60)
+        port = server.wait_for(lambda e: e["event"] == "serving", timeout=60)["port"]
+        server.wait_for(lambda e: e["event"] == "watching", timeout=60)
+        client = Client(port)
+        client.start()
         producer = Process("producer", "--export-dir", exports, "--steps", args.steps,
                            "--export-every", args.export_every, "--log-every", 500,
                            on_event=show("producer", {"model_exported", "train_progress"}))
         producer_code = producer.wait(timeout=300)
         consumer_code = consumer.wait(timeout=60)  # it exits once it handled the last step
-    except (AssertionError, TimeoutError) as err:
+        server.wait_for(lambda e: e["event"] == "model_loaded" and e["step"] == args.steps)
+        time.sleep(0.2)  # the client's next answer comes from the last version
+        client.stop.set()
+        client.join(timeout=10)
+        server_code = server.terminate()
+    except (AssertionError, TimeoutError, OSError) as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
     finally:
-        for process in (producer, consumer):
+        if client is not None:
+            client.stop.set()
+        for process in (producer, consumer, server):
             if process is not None:
                 process.kill()
 
@@ -78,9 +130,16 @@ def main() -> int:
     if handoffs:
         print(f"  handoff latency:    p50 {statistics.median(handoffs):.0f} ms, "
               f"max {handoffs[-1]:.0f} ms (commit to ready, inotify)")
-    print(f"  exit codes:         producer {producer_code}, consumer {consumer_code}")
+    served = [e["step"] for e in server.named("model_loaded")]
+    print(f"  served:             {len(served)} versions went live; the client got "
+          f"{client.answers} answers from {len(client.versions)} versions, "
+          f"{client.failures} failed")
+    print(f"  exit codes:         producer {producer_code}, consumer {consumer_code}, "
+          f"server {server_code}")
     print(f"  evaluations:        {work / 'evaluations.jsonl'}")
-    return 0 if producer_code == 0 and consumer_code == 0 and loaded else 1
+    ok = (producer_code == consumer_code == server_code == 0 and loaded and not client.failures
+          and client.versions and client.versions[-1] == args.steps)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
