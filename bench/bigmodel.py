@@ -1,8 +1,9 @@
 """Restore throughput and checkpoint stall, on a contract graph with large variables.
 
-The graph is the linear model plus a non-trainable float32 ``ballast`` variable of the asked
-size. It follows the contract, so the consumer's loader takes it like any export. Prints one JSON
-line per measurement.
+The graph is the linear model plus non-trainable float32 ``ballast`` variables of the asked total
+size, as one variable or several. It follows the contract, so the consumer's loader takes it
+like any export. It runs with huge pages, as the consumer does. Prints one JSON line per
+measurement.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from consumer import loader
-from shared import contract, datasets, layout
+from shared import contract, datasets, hugepages, layout
 from shared.publish import Publisher
 from shared.tfcompat import tf, v1
 
 MIB = 2 ** 20
 
 
-def build(size_mib: int) -> tuple[tf.Graph, contract.Training]:
+def build(size_mib: int, parts: int = 1) -> tuple[tf.Graph, contract.Training]:
     dataset = datasets.load({"name": "linear", "seed": 0})
     graph = tf.Graph()
     with graph.as_default():
@@ -32,10 +33,11 @@ def build(size_mib: int) -> tuple[tf.Graph, contract.Training]:
         with tf.name_scope("inputs"):
             x = v1.placeholder(tf.float64, [None, 1], name="features")
             y = v1.placeholder(tf.float64, [None, 1], name="labels")
-        ballast = v1.get_variable("ballast", [size_mib * MIB // 4], tf.float32,
-                                  initializer=v1.zeros_initializer(), trainable=False)
+        ballast = [v1.get_variable(f"ballast_{i}", [size_mib * MIB // 4 // parts], tf.float32,
+                                   initializer=v1.zeros_initializer(), trainable=False)
+                   for i in range(parts)]
         slope = v1.get_variable("slope", initializer=tf.constant(1.8, tf.float64))
-        prediction = slope * x + tf.cast(ballast[0], tf.float64)
+        prediction = slope * x + tf.cast(ballast[0][0], tf.float64)
         with tf.name_scope("metrics"):
             loss = tf.reduce_mean(tf.square(prediction - y), name="loss")
         train_op = v1.train.GradientDescentOptimizer(0.01).minimize(loss, global_step=step)
@@ -60,27 +62,28 @@ def _raw_read_seconds(files: list[Path], fresh: bool = False) -> float:
     return time.perf_counter() - started
 
 
-def _tf_read_seconds(prefix: Path) -> float:
+def _tf_read_seconds(prefix: Path, parts: int) -> float:
     """TF's RestoreV2 alone: the bundle read and its crc32c check, without the assign."""
     graph = tf.Graph()
     with graph.as_default():
-        tensor = tf.raw_ops.RestoreV2(prefix=str(prefix), tensor_names=["ballast"],
-                                      shape_and_slices=[""], dtypes=[tf.float32])[0]
-        size = tf.size(tensor)
+        names = [f"ballast_{i}" for i in range(parts)]
+        tensors = tf.raw_ops.RestoreV2(prefix=str(prefix), tensor_names=names,
+                                       shape_and_slices=[""] * parts, dtypes=[tf.float32] * parts)
+        size = tf.add_n([tf.size(t) for t in tensors])
         with v1.Session(graph=graph) as session:
             started = time.perf_counter()
             session.run(size)
             return time.perf_counter() - started
 
 
-def restore_throughput(size_mib: int, repeats: int) -> dict:
+def restore_throughput(size_mib: int, repeats: int, parts: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-restore-") as tmp:
-        return _restore_throughput(Path(tmp), size_mib, repeats)
+        return _restore_throughput(Path(tmp), size_mib, repeats, parts)
 
 
-def _restore_throughput(root: Path, size_mib: int, repeats: int) -> dict:
+def _restore_throughput(root: Path, size_mib: int, repeats: int, parts: int) -> dict:
     layout.claim(root, "bench")
-    graph, _ = build(size_mib)
+    graph, _ = build(size_mib, parts)
     with v1.Session(graph=graph) as session:
         session.run(v1.global_variables_initializer())
         prefix = Publisher(root, graph).save_checkpoint(session, 1)
@@ -90,14 +93,15 @@ def _restore_throughput(root: Path, size_mib: int, repeats: int) -> dict:
     _raw_read_seconds(files)  # fill the page cache: both sides then read from memory
     raw = statistics.median(_raw_read_seconds(files) for _ in range(repeats))
     raw_fresh = statistics.median(_raw_read_seconds(files, fresh=True) for _ in range(repeats))
-    tf_read = statistics.median(_tf_read_seconds(prefix) for _ in range(repeats))
+    tf_read = statistics.median(_tf_read_seconds(prefix, parts) for _ in range(repeats))
     loads, restores = [], []
     for _ in range(repeats):
         loaded = loader.load(layout.latest_checkpoint(root), loader.TRAIN)
         loads.append(loaded.load_seconds)
         restores.append(loaded.phases["restore"])
         loaded.close()
-    return {"bench": "restore", "mib": nbytes / MIB, "raw_read_s": raw,
+        loaded.imported.retire()
+    return {"bench": f"restore{parts}", "parts": parts, "mib": nbytes / MIB, "raw_read_s": raw,
             "raw_fresh_read_s": raw_fresh, "tf_read_s": tf_read,
             "load_s": statistics.median(loads), "restore_s": statistics.median(restores)}
 
@@ -152,7 +156,9 @@ def main() -> None:
     parser.add_argument("--stall-steps", type=int, default=400)
     parser.add_argument("--stall-every", type=int, default=100)
     args = parser.parse_args()
-    print(json.dumps(restore_throughput(args.restore_mib, args.repeats)), flush=True)
+    hugepages.reexec_with_huge_pages()  # as the consumer runs
+    for parts in (1, 4):
+        print(json.dumps(restore_throughput(args.restore_mib, args.repeats, parts)), flush=True)
     print(json.dumps(checkpoint_stall(args.stall_mib, args.stall_steps, args.stall_every)),
           flush=True)
 

@@ -4,7 +4,8 @@ The real producer trains as fast as it can, so its versions arrive in bursts tha
 rightly coalesces. Handoff latency is measured per version, so versions come at a steady pace
 here, one training step apart. They are published by the producer's own code path
 (``shared.publish``): checkpoints, or SavedModels with the ``serve`` graph. Each commit prints
-``{"event": "committed", "step", "committed_at"}``, with the same ctime the consumer reads.
+``{"event": "committed", "step", "committed_at"}``, the commit time the writer recorded,
+which the consumer reads too.
 """
 
 from __future__ import annotations

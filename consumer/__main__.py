@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared import cli, layout, logs
+from shared import cli, hugepages, layout, logs
 
 PROG = "consumer"
 
@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="poll instead of inotify (network filesystems)")
     parser.add_argument("--rescan", type=cli.positive_float, default=5.0, metavar="SECONDS",
                         help="periodic rescan that catches events inotify dropped")
+    parser.add_argument("--full-loads", action="store_true",
+                        help="import every version's graph afresh, never the warm swap")
     serve = parser.add_argument_group("serve mode (TF Serving's REST API)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
@@ -61,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     except layout.LayoutError as err:
         cli.fail(PROG, str(err))
 
+    hugepages.reexec_with_huge_pages()  # before TensorFlow, and before any large allocation
     from consumer.loop import Config, Consumer  # TensorFlow loads here
 
     config = Config(export_dir=args.export_dir, work_dir=args.work_dir, source=args.source,
                     mode=args.mode, train_steps=args.train_steps, until_step=args.until_step,
-                    poll=args.poll, rescan=args.rescan, max_regression=args.max_regression)
+                    poll=args.poll, rescan=args.rescan, max_regression=args.max_regression,
+                    warm_swap=not args.full_loads)
     log = logs.get(PROG)
     if args.mode == "serve":
         stats = _serve(args, config, stop, log)

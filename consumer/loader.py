@@ -1,19 +1,28 @@
-"""The loader: loads one version into its own graph and session, and checks it can run.
+"""The loader: loads one version and checks it can run, by the warm path or the full one.
 
-It reads nothing but the export and ``shared.contract``. Any failure is a ``LoadError`` and
-leaves no session open, so the version in use is never affected by a bad one.
+- **Warm**: the version's graph is the one already imported for the live version (same
+  fingerprint: meta graph and asset contents). Its variables are restored into that graph's
+  standby session, a SavedModel's main op runs, and one warm-up run follows. About 1 ms.
+- **Full**: anything else (the first version, a changed graph, changed assets). A new graph is
+  imported (``import_meta_graph`` + restore, or the SavedModel loader) into a new session.
+
+It reads nothing but the export and ``shared.contract``. Any failure is a ``LoadError``; the
+session it was loading into is closed, never reused, so the live version is never affected by a
+bad one.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from consumer import tensors
+from consumer import graphs, tensors
+from consumer.graphs import ImportedGraph
 from shared import contract, layout
 from shared.tfcompat import tf, v1
 
 EVALUATE, TRAIN, SERVE = "evaluate", "train", "serve"
+WARM, FULL = "warm", "full"
 
 
 def _session_config(purpose: str) -> v1.ConfigProto | None:
@@ -30,13 +39,16 @@ class LoadError(Exception):
 @dataclass
 class Loaded:
     version: layout.Version
-    graph: tf.Graph
+    imported: ImportedGraph
     session: v1.Session
-    training: contract.Training | None  # for checkpoints and the ``train`` tag
-    serving: contract.Serving | None  # for the ``serve`` tag
-    phases: dict[str, float]  # seconds spent importing, restoring and warming up
-    signatures: dict[str, tensors.Signature] = field(default_factory=dict)  # serve mode's
+    phases: dict[str, float]  # seconds: fingerprint, import, restore, warm_up (and gate)
+    load: str  # WARM or FULL
     metrics: dict[str, float] | None = None  # its evaluation, once taken (serve mode's gate)
+
+    graph = property(lambda self: self.imported.graph)
+    training = property(lambda self: self.imported.training)
+    serving = property(lambda self: self.imported.serving)
+    signatures = property(lambda self: self.imported.signatures)
 
     @property
     def load_seconds(self) -> float:
@@ -47,61 +59,94 @@ class Loaded:
         return (self.serving or self.training).dataset
 
     def close(self) -> None:
-        self.session.close()
+        """The version is out of use: its session goes back to its graph as the standby."""
+        self.imported.give_back(self.session)
 
 
-def load(version: layout.Version, purpose: str) -> Loaded:
-    """Load ``version`` for ``purpose`` (EVALUATE, TRAIN or SERVE) and warm it up with one run.
+def load(version: layout.Version, purpose: str, current: ImportedGraph | None = None) -> Loaded:
+    """Load ``version`` for ``purpose`` (EVALUATE, TRAIN or SERVE) and warm it up with one run;
+    warm into ``current`` (the live version's graph) when the graph is the same.
 
     SavedModels load tag ``serve`` to evaluate or serve and ``train`` to continue training;
     checkpoints load through ``import_meta_graph`` and the Saver's restore.
     """
-    phases, signatures = {}, {}
-    started = time.perf_counter()
-    graph = tf.Graph()
-    session = v1.Session(graph=graph, config=_session_config(purpose))
+    tag = contract.TRAIN_TAG if purpose == TRAIN else contract.SERVE_TAG
+    phases = {}
+    mark = time.perf_counter()
     try:
-        with graph.as_default():  # restore outside it would take TF2's eager path
-            training, serving = _import(version, purpose, session, graph, phases, signatures)
+        key = graphs.fingerprint(version, tag)
+    except Exception as err:  # unreadable, unparsable, or no such tag
+        raise _load_error(err) from err
+    phases["fingerprint"] = time.perf_counter() - mark
+    if current is not None and current.key == key:
+        imported, load_kind = current, WARM
+        session, _ = current.take_standby()
+    else:
+        imported, load_kind = None, FULL
+        session = v1.Session(graph=tf.Graph(), config=_session_config(purpose))
+    try:
+        with session.graph.as_default():  # restore outside it would take TF2's eager path
+            if imported is None:
+                imported = _import(version, tag, purpose, session, key, phases)
+            else:
+                mark = time.perf_counter()
+                imported.restore(session, version)
+                phases["restore"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            _warm_up(session, training, serving)
+            _warm_up(session, imported)
             phases["warm_up"] = time.perf_counter() - mark
-        phases["import"] = time.perf_counter() - started - phases["restore"] - phases["warm_up"]
     except Exception as err:  # anything a bad version can raise: TF, protobuf, OS, contract
-        session.close()
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        raise LoadError(f"{type(err).__name__}: {first_line}"[:500]) from err
-    return Loaded(version, graph, session, training, serving, phases, signatures)
+        session.close()  # half-restored: never reused
+        raise _load_error(err) from err
+    return Loaded(version, imported, session, phases, load_kind)
 
 
-def _import(version: layout.Version, purpose: str, session: v1.Session, graph: tf.Graph,
-            phases: dict[str, float], signatures: dict):
+def _load_error(err: Exception) -> LoadError:
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return LoadError(f"{type(err).__name__}: {first_line}"[:500])
+
+
+def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session,
+            key: str, phases: dict[str, float]) -> ImportedGraph:
+    """The full path: import the graph into ``session``'s graph and restore the version."""
+    graph, config = session.graph, _session_config(purpose)
+    mark = time.perf_counter()
     if version.kind == "savedmodel":
         # The SavedModel loader imports and restores in one call; its restore is not split out.
-        tag = contract.TRAIN_TAG if purpose == TRAIN else contract.SERVE_TAG
         meta_graph = v1.saved_model.loader.load(session, [tag], str(version.path))
-        phases["restore"] = 0.0
-        if tag == contract.SERVE_TAG:
-            if purpose == SERVE:  # parsed once here, not on every request
-                signatures.update({key: tensors.Signature.from_proto(proto)
-                                   for key, proto in meta_graph.signature_def.items()})
-            return None, contract.read_serving(graph, meta_graph)
-        return contract.read_training(graph), None
+        imported = ImportedGraph(graph, key, meta_graph.saver_def, meta_graph, config)
+        phases["import"] = time.perf_counter() - mark
+        if tag == contract.TRAIN_TAG:
+            imported.training = contract.read_training(graph)
+            return imported
+        imported.serving = contract.read_serving(graph, meta_graph)
+        if purpose == SERVE:  # parsed once per graph here, not on every request
+            imported.signatures = {name: tensors.Signature.from_proto(proto)
+                                   for name, proto in meta_graph.signature_def.items()}
+        return imported
     saver = v1.train.import_meta_graph(f"{version.path}.meta", clear_devices=True)
     if saver is None:
         raise contract.ContractError("meta graph has no variables to restore")
+    imported = ImportedGraph(graph, key, saver.saver_def, config=config)
+    imported.training = contract.read_training(graph)
+    phases["import"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    saver.restore(session, str(version.path))
+    imported.restore(session, version)
     phases["restore"] = time.perf_counter() - mark
-    return contract.read_training(graph), None
+    return imported
 
 
-def _warm_up(session: v1.Session, training: contract.Training | None,
-             serving: contract.Serving | None) -> None:
-    """One small run: the first run of a graph is the slow one, and a version that cannot run
-    on its own dataset should fail here, before it replaces anything."""
+def _warm_up(session: v1.Session, imported: ImportedGraph) -> None:
+    """One small run, of exactly what will be asked of the session: its first run of a given
+    set of feeds and fetches is the slow one, and a version that cannot run on its own dataset
+    should fail here, before it replaces anything."""
+    training, serving = imported.training, imported.serving
     features, labels = (serving or training).dataset.eval_split
-    if serving is not None:
+    signature = imported.signatures.get(contract.SIGNATURE_KEY)
+    if signature is not None:  # serve mode: all of the signature's outputs, as a request asks
+        session.run({key: spec.name for key, spec in signature.outputs.items()},
+                    {serving.features: features[:1]})
+    elif serving is not None:
         session.run(serving.output, {serving.features: features[:1]})
     else:
         session.run(training.metrics, {training.features: features[:1],

@@ -33,6 +33,7 @@ class Config:
     mode: str  # loader.EVALUATE, loader.TRAIN or loader.SERVE
     train_steps: int = 100
     max_regression: float | None = None  # serve mode: refuse a loss this fraction above live
+    warm_swap: bool = True  # restore a version of the live graph into its standby session
     until_step: int | None = None
     poll: float | None = None
     rescan: float = 5.0
@@ -108,13 +109,18 @@ class Consumer:
         finally:
             self.source.close()
             if self._owns_manager:
+                last = self.live
                 self.manager.close()
+                if last is not None:
+                    last.imported.retire()
         return self.stats
 
     def _swap_to(self, version: layout.Version) -> bool:
         """Load ``version``; only once it is ready does it replace the live one."""
+        live = self.live
         try:
-            ready = loader.load(version, self.config.mode)
+            current = live.imported if live and self.config.warm_swap else None
+            ready = loader.load(version, self.config.mode, current)
         except loader.LoadError as err:
             deleted = not version.exists()
             log.warning("load_failed", step=version.step, path=str(version.path), error=str(err),
@@ -126,14 +132,18 @@ class Consumer:
             return False
         if self.config.mode == loader.SERVE and not self._promote(ready):
             return False
-        handoff = max(0.0, time.time() - version.committed_at)
-        previous = self.manager.swap(ready)  # closes once its last request has ended
+        previous = self.manager.swap(ready)  # released once its last request has ended
+        ready_at = time.time()
+        # not clamped at 0: a negative figure means the writer's clock is ahead (NFS), and says so
+        handoff = ready_at - version.committed_at
+        if previous is not None and previous.imported is not ready.imported:
+            previous.imported.retire()  # a new graph: the old one's sessions close
         if self.metrics is not None:
             self.metrics.went_live(version.step)
         self.stats.loaded.append(version.step)
         self.stats.handoff_seconds.append(handoff)
         log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
-                 load_seconds=round(ready.load_seconds, 4), handoff_seconds=round(handoff, 4),
+                 load=ready.load, ready_at=ready_at, load_seconds=round(ready.load_seconds, 4), handoff_seconds=round(handoff, 4),
                  phases={k: round(v, 4) for k, v in ready.phases.items()},
                  replaced_step=previous.version.step if previous else None, rss_mb=_rss_mb())
         return True
@@ -156,6 +166,8 @@ class Consumer:
                     reason=reason, live_step=live.version.step if live else None,
                     live_loss=(live.metrics or {}).get("loss") if live else None, **ready.metrics)
         ready.close()
+        if live is None or ready.imported is not live.imported:
+            ready.imported.retire()  # a graph that never went live keeps no session
         self.refused.add(ready.version.path)
         self.stats.failed.append(str(ready.version.path))
         self._count_refusal("promotion_refused")

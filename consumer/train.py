@@ -38,7 +38,9 @@ def publish(loaded: Loaded, work_dir: Path, step: int, model: str) -> tuple[Path
     The work dir is claimed for ``model`` here, when a version names it, not at start, when the
     export dir may not even exist yet."""
     layout.claim(work_dir, model)
-    publisher = Publisher(work_dir, loaded.graph)
+    if loaded.imported.publisher is None:  # one per graph: each would add a Saver's ops to it
+        loaded.imported.publisher = Publisher(work_dir, loaded.graph)
+    publisher = loaded.imported.publisher
     checkpoint = publisher.save_checkpoint(loaded.session, step)
     serve_from = loaded.version.path if loaded.version.kind == "savedmodel" else None
     return checkpoint, publisher.export_savedmodel(loaded.session, step, serve_from=serve_from)

@@ -4,7 +4,8 @@
       export.json                  which model the directory holds (written once, atomically)
       checkpoints/checkpoint       state file: the commit point for checkpoints, written last
       checkpoints/model.ckpt-<step>.index | .data-NNNNN-of-NNNNN | .meta
-      savedmodels/<step>/          one committed SavedModel per integer name (TF Serving layout)
+      savedmodels/<step>/          one committed SavedModel per integer name (TF Serving layout),
+                                   with commit.json: the writer's clock at its commit
       savedmodels/.tmp-*           staging; never a version; removed at the next start
       events/                      TensorBoard event files
 
@@ -25,22 +26,26 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from shared.durable import TEMP_PREFIX, fsync_dir, fsync_tree, umask, write_atomic
+from shared.durable import TEMP_PREFIX, fsync_dir, fsync_files, fsync_tree, umask, write_atomic
 
 CHECKPOINTS = "checkpoints"
 SAVEDMODELS = "savedmodels"
 EVENTS = "events"
 MANIFEST = "export.json"
 STATE_FILE = "checkpoint"
+COMMIT_FILE = "commit.json"  # in a SavedModel: {"committed_at": <the writer's time.time()>}
 CHECKPOINT_BASENAME = "model.ckpt"
 STAGING_PREFIX = TEMP_PREFIX  # staging dirs and atomic-write temp files alike
 
 _CHECKPOINT_NAME = re.compile(r"^model\.ckpt-(\d+)$")
 _CHECKPOINT_FILE = re.compile(r"^(model\.ckpt-\d+)(\.index|\.meta|\.data-\d{5}-of-\d{5})$")
 _STATE_LINE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths):\s*"([^"]*)"\s*$')
+_STATE_TIME = re.compile(r'^all_model_checkpoint_timestamps:\s*([0-9.eE+-]+)\s*$')
 _DATA_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 
 
@@ -55,7 +60,21 @@ class Version:
     kind: str  # "checkpoint" or "savedmodel"
     step: int
     path: Path
-    committed_at: float  # ctime of the commit, seconds since the epoch
+    ctime: float  # of the commit (state file or version dir): the fallback commit time
+    recorded_at: float | None = None  # checkpoints: the state file's timestamp for it
+
+    @cached_property
+    def committed_at(self) -> float:
+        """When the writer committed it, by its own clock. The kernel stamps ctime from a coarse
+        clock (here 3-7 ms early), so ctime is only the fallback, for writers that record none."""
+        if self.recorded_at is not None:
+            return self.recorded_at
+        if self.kind == "savedmodel":
+            try:
+                return float(json.loads((self.path / COMMIT_FILE).read_text())["committed_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return self.ctime
 
     def exists(self) -> bool:
         if self.kind == "savedmodel":
@@ -105,12 +124,21 @@ def checkpoint_step(name: str) -> int | None:
 
 def read_checkpoint_state(root: Path) -> list[str]:
     """Checkpoint names listed in the state file, oldest first, newest last; [] if none."""
+    return [name for name, _ in read_checkpoint_entries(root)]
+
+
+def read_checkpoint_entries(root: Path) -> list[tuple[str, float | None]]:
+    """(name, commit time) for each checkpoint in the state file, oldest first. The time is the
+    writer's ``all_model_checkpoint_timestamps`` entry, or None where it wrote none."""
     try:
         text = state_file(root).read_text()
     except (FileNotFoundError, NotADirectoryError):
         return []
-    latest, names = None, []
+    latest, names, times = None, [], []
     for line in text.splitlines():
+        if match := _STATE_TIME.match(line.strip()):
+            times.append(float(match.group(1)))
+            continue
         match = _STATE_LINE.match(line.strip())
         if not match:
             continue
@@ -119,9 +147,12 @@ def read_checkpoint_state(root: Path) -> list[str]:
             latest = name
         else:
             names.append(name)
+    if len(times) != len(names):  # TF writes them paired; anything else is not ours to trust
+        times = [None] * len(names)
+    entries = list(zip(names, times))
     if latest is not None and latest not in names:
-        names.append(latest)
-    return names
+        entries.append((latest, None))
+    return entries
 
 
 def latest_checkpoint(root: Path) -> Version | None:
@@ -140,10 +171,10 @@ def savedmodel_versions(root: Path) -> list[Version]:
     for entry in entries:
         if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
             try:
-                committed_at = entry.stat(follow_symlinks=False).st_ctime
+                ctime = entry.stat(follow_symlinks=False).st_ctime
             except FileNotFoundError:  # removed by retention since the listing
                 continue
-            versions.append(Version("savedmodel", int(entry.name), Path(entry.path), committed_at))
+            versions.append(Version("savedmodel", int(entry.name), Path(entry.path), ctime))
     return sorted(versions, key=lambda v: v.step)
 
 
@@ -156,11 +187,12 @@ def checkpoint_versions(root: Path) -> list[Version]:
     """Every checkpoint the state file lists, oldest first."""
     try:
         # stat before reading: a state file replaced in between is read with the older time
-        committed_at = state_file(root).stat().st_ctime
+        ctime = state_file(root).stat().st_ctime
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [Version("checkpoint", checkpoint_step(name), checkpoints_dir(root) / name, committed_at)
-            for name in read_checkpoint_state(root) if checkpoint_step(name) is not None]
+    return [Version("checkpoint", checkpoint_step(name), checkpoints_dir(root) / name, ctime,
+                    recorded)
+            for name, recorded in read_checkpoint_entries(root) if checkpoint_step(name) is not None]
 
 
 def versions(root: Path, kind: str) -> list[Version]:
@@ -195,15 +227,24 @@ def savedmodel_is_complete(path: Path) -> bool:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def write_checkpoint_state(root: Path, names: list[str]) -> None:
-    """Commit checkpoints: atomically replace the state file. ``names`` is oldest first.
+def write_checkpoint_state(root: Path, entries: list[tuple[str, float | None]]
+                           ) -> list[tuple[str, float]]:
+    """Commit checkpoints: atomically replace the state file. ``entries`` are (name, commit
+    time), oldest first; the newest one's time is now, and any missing time is now too.
 
     The text is the CheckpointState format TensorFlow itself writes, with relative paths, so
-    ``tf.train.latest_checkpoint`` and ``checkpoints_iterator`` read it too.
+    ``tf.train.latest_checkpoint`` and ``checkpoints_iterator`` read it too. The time is taken
+    just before the write: the fsync of this one small file and the rename (about 0.1 ms here)
+    are all that separate it from the commit.
     """
-    lines = [f'model_checkpoint_path: "{names[-1]}"']
-    lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
+    now = time.time()
+    written = [(name, now if at is None else at) for name, at in entries[:-1]]
+    written.append((entries[-1][0], now))
+    lines = [f'model_checkpoint_path: "{written[-1][0]}"']
+    lines += [f'all_model_checkpoint_paths: "{name}"' for name, _ in written]
+    lines += [f"all_model_checkpoint_timestamps: {at!r}" for _, at in written]
     write_atomic(state_file(root), ("\n".join(lines) + "\n").encode())
+    return written
 
 
 def staging_dir(root: Path, step: int) -> Path:
@@ -216,8 +257,13 @@ def staging_dir(root: Path, step: int) -> Path:
 
 
 def commit_dir(staging: Path, final: Path) -> None:
-    """Publish a staged SavedModel: flush it, then one rename makes it a version."""
+    """Publish a staged SavedModel: flush it, record the commit time, then one rename makes it a
+    version. The time is taken after the tree's fsync, just before the rename."""
     fsync_tree(staging)
+    stamp = staging / COMMIT_FILE
+    stamp.write_text(json.dumps({"committed_at": time.time()}))
+    fsync_files([stamp])
+    fsync_dir(staging)
     os.rename(staging, final)  # fails rather than merge if ``final`` already holds a version
     fsync_dir(final.parent)
 

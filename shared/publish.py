@@ -39,7 +39,7 @@ class Publisher:
         self.keep_exports = keep_exports
         self._keep_every = keep_checkpoint_every_hours * 3600 if keep_checkpoint_every_hours else None
         self._next_keep_time = time.time() + self._keep_every if self._keep_every else None
-        self._names = layout.read_checkpoint_state(self.root)  # retention resumes where it was
+        self._entries = layout.read_checkpoint_entries(self.root)  # retention resumes from here
         with graph.as_default():
             # One saver, made once: a Builder left to itself adds new save ops to the graph
             # on every export, and the graph would grow for as long as training runs.
@@ -65,12 +65,12 @@ class Publisher:
             self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
             self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
         durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
-        names = [n for n in self._names if n != prefix.name] + [prefix.name]
-        kept = names[-self.keep_checkpoints:] if self.keep_checkpoints else names
-        layout.write_checkpoint_state(self.root, kept)  # the commit: from here on, a version
-        for name in names[:len(names) - len(kept)]:
+        entries = [e for e in self._entries if e[0] != prefix.name] + [(prefix.name, None)]
+        kept = entries[-self.keep_checkpoints:] if self.keep_checkpoints else entries
+        # the commit: from here on, a version
+        self._entries = layout.write_checkpoint_state(self.root, kept)
+        for name, _ in entries[:len(entries) - len(kept)]:
             self._retire_checkpoint(self.root / layout.CHECKPOINTS / name)
-        self._names = kept
         return prefix
 
     def _retire_checkpoint(self, prefix: Path) -> None:

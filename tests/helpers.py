@@ -4,9 +4,53 @@ from __future__ import annotations
 
 import subprocess
 
+from shared import layout
 from shared.processes import REPO, Process, command, env  # noqa: F401 - re-exported for tests
 
 
 def run(module: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(command(module, *args), cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env())
+
+
+class LinearVersions:
+    """Publishes linear-model SavedModels whose intercept encodes their step, so every response
+    can be checked against the version its header names: prediction(x=0) == intercept(step)."""
+
+    def __init__(self, root, keep: int = 5) -> None:
+        from shared import datasets, models
+        from shared.publish import Publisher
+        from shared.tfcompat import tf, v1
+
+        self.spec = models.MODELS["linear"]
+        self.dataset = datasets.load({"name": "linear", "seed": 0})
+        layout.claim(root, "linear")
+        self.graph = models.build_training_graph(self.spec, self.dataset, seed=0)
+        self.publisher = Publisher(root, self.graph, keep_checkpoints=keep, keep_exports=keep)
+        with self.graph.as_default():
+            variables = {v.op.name.split("/")[-1]: v for v in v1.global_variables()}
+            self.value = v1.placeholder(tf.float64, [])
+            self.set_slope = variables["slope"].assign(self.value)
+            self.set_intercept = variables["intercept"].assign(self.value)
+            self.session = v1.Session(graph=self.graph)
+            self.session.run(v1.global_variables_initializer())
+        self.session.run(self.set_slope, {self.value: 1.5})
+
+    def publish(self, step: int, intercept: float, checkpoint: bool = False) -> None:
+        """A SavedModel ``step`` (and a checkpoint, if asked) whose intercept is ``intercept``."""
+        from shared import models
+
+        self.session.run(self.set_intercept, {self.value: intercept})
+        if checkpoint:
+            self.publisher.save_checkpoint(self.session, step)
+        self.publisher.export_savedmodel(
+            self.session, step,
+            serving=lambda assets: models.build_serving_graph(self.spec, self.dataset, assets))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def intercept_for(step: int) -> float:
+    """Closer to the true -3 with every step, so each version's loss improves on the last."""
+    return -3.0 + 1.0 / step

@@ -24,8 +24,8 @@ def _copy_version(source_root, step, target_root, kind="savedmodel"):
         return
     for path in layout.checkpoints_dir(source_root).glob(f"model.ckpt-{step}.*"):
         shutil.copy(path, layout.checkpoints_dir(target_root))
-    names = layout.read_checkpoint_state(target_root)
-    layout.write_checkpoint_state(target_root, names + [f"model.ckpt-{step}"])
+    entries = layout.read_checkpoint_entries(target_root)
+    layout.write_checkpoint_state(target_root, entries + [(f"model.ckpt-{step}", None)])
 
 
 def _plant_broken(root, step, how):
@@ -56,14 +56,16 @@ class Running:
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
         self.thread.start()
 
-    def wait_loaded(self, step, timeout=30):
+    def wait_until(self, condition, timeout=30, what="condition"):
         import time
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if step in self.consumer.stats.loaded:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"step {step} not loaded; stats: {self.consumer.stats}")
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not met in {timeout}s; stats: {self.consumer.stats}")
+            time.sleep(0.01)
+
+    def wait_loaded(self, step, timeout=30):
+        self.wait_until(lambda: step in self.consumer.stats.loaded, timeout, f"step {step} loaded")
 
     def close(self):
         self.stop.set()
@@ -131,7 +133,11 @@ def test_bad_version_keeps_the_live_one_and_the_next_good_one_is_taken(tmp_path,
         running.wait_loaded(1500)
         assert running.consumer.stats.loaded == [1000, 1500]
         assert str(layout.savedmodel_path(root, 9999)) in running.consumer.stats.failed
-        assert live.session._closed  # the old one was dropped only after 1500 was ready
+        # 1000 was dropped only after 1500 was ready, into another session of the same graph;
+        # its own session is now the standby for the next version
+        assert running.consumer.live.session is not live.session
+        assert running.consumer.live.load == loader.WARM
+        assert live.imported._idle == [live.session] and not live.session._closed
         assert broken.step not in running.consumer.stats.loaded
     finally:
         running.close()
@@ -146,10 +152,35 @@ def test_rescan_catches_versions_the_observer_never_reported(tmp_path, linear_ex
     running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
                              mode=loader.EVALUATE, poll=3600, rescan=0.3))
     try:
+        # Commit only after the first scan has finished (and found nothing), so that nothing
+        # but a later rescan can find this version.
+        running.wait_until(lambda: running.consumer.source.scans >= 1)
         _copy_version(linear_export.root, 2000, root, kind="checkpoint")
         running.wait_loaded(2000, timeout=10)
+        assert running.consumer.source.scans >= 2
     finally:
         running.close()
+
+
+def test_the_watch_is_rearmed_when_the_export_dir_is_deleted_and_made_again(tmp_path,
+                                                                            linear_export):
+    """With the rescan an hour away, only a watch on the new directory can notice the commit."""
+    import structlog
+
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 1000, root)
+    with structlog.testing.capture_logs() as events:
+        running = Running(Config(export_dir=root, work_dir=tmp_path / "work",
+                                 source="savedmodel", mode=loader.EVALUATE, rescan=3600))
+        try:
+            running.wait_loaded(1000)
+            shutil.rmtree(root)
+            running.wait_until(lambda: any(e["event"] == "watch_rearmed" for e in events))
+            _copy_version(linear_export.root, 1500, root)
+            running.wait_loaded(1500, timeout=10)
+        finally:
+            running.close()
+    assert [e["step"] for e in events if e["event"] == "model_loaded"] == [1000, 1500]
 
 
 def test_memory_stays_flat_over_many_loads(linear_export):
@@ -162,10 +193,11 @@ def test_memory_stays_flat_over_many_loads(linear_export):
 
     version = layout.latest_savedmodel(linear_export.root)
     samples = []
-    for i in range(160):
+    for i in range(160):  # the full path, each version in a graph of its own
         loaded = loader.load(version, loader.EVALUATE)
         evaluate.evaluate(loaded)
         loaded.close()
+        loaded.imported.retire()  # as the loop does when a new graph replaces it
         if i in (40, 159):
             samples.append(rss_mb())
     assert samples[1] - samples[0] < 25, samples  # 120 more loads, well under 25 MB
@@ -281,5 +313,31 @@ def test_an_idle_consumer_is_not_woken_by_its_own_reads(kind, tmp_path, linear_e
         scans = running.consumer.source.scans
         time.sleep(1.0)  # idle: no commits, and the 5 s rescan is not due
         assert running.consumer.source.scans - scans <= 1
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize("poll", [None, 0.2])
+def test_a_state_file_rewritten_in_place_is_noticed_without_the_rescan(poll, tmp_path,
+                                                                      linear_export):
+    """Some writers rewrite the state file in place, and a file renamed into place under a
+    reused inode number looks the same to a poller: a modification, not a creation."""
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 1900, root, kind="checkpoint")
+    running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
+                             mode=loader.EVALUATE, poll=poll, rescan=3600))
+    try:
+        running.wait_loaded(1900)
+        for path in layout.checkpoints_dir(linear_export.root).glob("model.ckpt-2000.*"):
+            shutil.copy(path, layout.checkpoints_dir(root))
+        state = layout.state_file(root)
+        inode = state.stat().st_ino
+        with open(state, "r+") as handle:  # same file, same inode: only its content changes
+            text = handle.read().replace("model.ckpt-1900", "model.ckpt-2000")
+            handle.seek(0)
+            handle.write(text)
+            handle.truncate()
+        assert state.stat().st_ino == inode
+        running.wait_loaded(2000, timeout=10)
     finally:
         running.close()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 
@@ -15,7 +16,7 @@ def test_state_file_round_trips_and_tensorflow_reads_it(tmp_path):
     for step in (10, 20):
         for suffix in (".index", ".meta", ".data-00000-of-00001"):
             (tmp_path / "checkpoints" / f"model.ckpt-{step}{suffix}").write_bytes(b"x")
-    layout.write_checkpoint_state(tmp_path, ["model.ckpt-10", "model.ckpt-20"])
+    layout.write_checkpoint_state(tmp_path, [("model.ckpt-10", None), ("model.ckpt-20", None)])
 
     assert layout.read_checkpoint_state(tmp_path) == ["model.ckpt-10", "model.ckpt-20"]
     latest = layout.latest_checkpoint(tmp_path)
@@ -24,6 +25,31 @@ def test_state_file_round_trips_and_tensorflow_reads_it(tmp_path):
     state = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints"))
     assert state.model_checkpoint_path == str(tmp_path / "checkpoints" / "model.ckpt-20")
     assert len(state.all_model_checkpoint_paths) == 2
+    # each checkpoint keeps its own commit time, in TF's own field
+    assert list(state.all_model_checkpoint_timestamps) == [
+        v.committed_at for v in layout.checkpoint_versions(tmp_path)]
+
+
+def test_the_commit_time_is_the_writers_own_not_a_ctime(tmp_path):
+    """The writer records when it committed; ctime is only a fallback. On some kernels ctime
+    comes from a coarse clock (several ms early), every checkpoint in a state file shares one,
+    and anything that touches an inode later (a chmod, a copy) moves it."""
+    layout.claim(tmp_path, "linear")
+    before = time.time()
+    layout.write_checkpoint_state(tmp_path, [("model.ckpt-1", None)])
+    staging = layout.staging_dir(tmp_path, 1)
+    (staging / "saved_model.pb").write_bytes(b"x")
+    layout.commit_dir(staging, layout.savedmodel_path(tmp_path, 1))
+    after = time.time()
+    time.sleep(0.05)
+    layout.write_checkpoint_state(tmp_path, layout.read_checkpoint_entries(tmp_path)
+                                  + [("model.ckpt-2", None)])
+    layout.savedmodel_path(tmp_path, 1).chmod(0o755)  # moves the directory's ctime to now
+
+    first, second = layout.checkpoint_versions(tmp_path)
+    assert before <= first.committed_at <= after < second.committed_at
+    savedmodel = layout.latest_savedmodel(tmp_path)
+    assert before <= savedmodel.committed_at <= after < savedmodel.ctime
 
 
 def test_incomplete_checkpoint_is_detected(tmp_path):
@@ -60,7 +86,7 @@ def test_clean_leftovers_removes_only_uncommitted_work(tmp_path):
     for step in (10, 20):
         for suffix in (".index", ".meta", ".data-00000-of-00001"):
             (ckpts / f"model.ckpt-{step}{suffix}").write_bytes(b"x")
-    layout.write_checkpoint_state(tmp_path, ["model.ckpt-10"])  # 20 was written, never committed
+    layout.write_checkpoint_state(tmp_path, [("model.ckpt-10", None)])  # 20 was written, never committed
     staging = layout.staging_dir(tmp_path, 30)
     (ckpts / "model.ckpt-30_temp").mkdir()
     committed = tmp_path / "savedmodels" / "10"

@@ -13,7 +13,7 @@ import pytest
 
 from shared import layout
 from shared.rest_client import RestClient as Client
-from tests.helpers import Process
+from tests.helpers import LinearVersions, Process, intercept_for
 
 MIB = 1024 * 1024
 
@@ -152,46 +152,6 @@ def test_listens_on_loopback_only_by_default(mlp_server):
 # -- swaps under load ----------------------------------------------------------------------------
 
 
-class LinearVersions:
-    """Publishes linear-model SavedModels whose intercept encodes their step, so every response
-    can be checked against the version its header names: prediction(x=0) == intercept(step)."""
-
-    def __init__(self, root) -> None:
-        from shared import datasets, models
-        from shared.publish import Publisher
-        from shared.tfcompat import tf, v1
-
-        self.spec = models.MODELS["linear"]
-        self.dataset = datasets.load({"name": "linear", "seed": 0})
-        layout.claim(root, "linear")
-        self.graph = models.build_training_graph(self.spec, self.dataset, seed=0)
-        self.publisher = Publisher(root, self.graph, keep_exports=5)
-        with self.graph.as_default():
-            variables = {v.op.name.split("/")[-1]: v for v in v1.global_variables()}
-            self.value = v1.placeholder(tf.float64, [])
-            self.set_slope = variables["slope"].assign(self.value)
-            self.set_intercept = variables["intercept"].assign(self.value)
-            self.session = v1.Session(graph=self.graph)
-            self.session.run(v1.global_variables_initializer())
-        self.session.run(self.set_slope, {self.value: 1.5})
-
-    def publish(self, step: int, intercept: float) -> None:
-        from shared import models
-
-        self.session.run(self.set_intercept, {self.value: intercept})
-        self.publisher.export_savedmodel(
-            self.session, step,
-            serving=lambda assets: models.build_serving_graph(self.spec, self.dataset, assets))
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def intercept_for(step: int) -> float:
-    """Closer to the true -3 with every step, so each version's loss improves on the last."""
-    return -3.0 + 1.0 / step
-
-
 def test_swaps_under_load_fail_no_request_and_each_answer_matches_its_version(tmp_path):
     root = tmp_path / "exports"
     root.mkdir()
@@ -268,26 +228,41 @@ def test_swaps_under_load_fail_no_request_and_each_answer_matches_its_version(tm
 
 
 def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_export):
-    """The swap's invariant, in one process with real sessions: the old version closes only when
-    the last request holding it ends, and a request never sees its version change."""
+    """The swap's invariant, in one process with real sessions: a request runs to its end on its
+    version, and that version's session becomes the standby for a warm restore only then."""
     from consumer import api as api_module
     from consumer import loader
     from consumer.manager import Manager
 
-    versions = layout.savedmodel_versions(mlp_export.root)
+    older, newer = layout.savedmodel_versions(mlp_export.root)[-2:]
+    features = np.full((1, 28), 0.5, np.float32)
     manager = Manager()
-    manager.swap(loader.load(versions[-2], loader.SERVE))
-    body = json.dumps({"instances": [[0.5] * 28]}).encode()
+    manager.swap(loader.load(older, loader.SERVE))
+    body = json.dumps({"instances": features.tolist()}).encode()
     with manager.handle() as held:
         old = held.loaded
-        manager.swap(loader.load(versions[-1], loader.SERVE))  # the new one goes live now
-        assert manager.live.version.step == versions[-1].step
-        # the request in flight still runs on its own version
-        features = old.signatures["serving_default"].inputs["features"].name
-        old.session.run("probabilities:0", {features: np.full((1, 28), 0.5, np.float32)})
-        assert not old.session._closed
-    assert old.session._closed  # its last request ended: now it is closed
+        graph = old.imported
+        ready = loader.load(newer, loader.SERVE, graph)
+        assert ready.load == loader.WARM and ready.session is not old.session
+        manager.swap(ready)  # the new one goes live now
+        assert manager.live.version.step == newer.step
+        # the request in flight still runs on its own version, whose session is not idle
+        name = old.signatures["serving_default"].inputs["features"].name
+        old.session.run("probabilities:0", {name: features})
+        assert graph._idle == [] and not old.session._closed
+    assert graph._idle == [old.session]  # its last request ended: now it is the standby
     answer, step = api_module.Api(manager, mlp_export.root, "mlp").predict("mlp", None, body)
-    assert step == versions[-1].step and json.loads(answer)["predictions"]
+    assert step == newer.step and json.loads(answer)["predictions"]
     manager.close()
-    assert manager.live is None
+    graph.retire()
+    assert manager.live is None and old.session._closed and ready.session._closed
+
+
+def test_the_consumer_runs_with_huge_pages_for_its_restores(mlp_server):
+    """It re-executed itself with glibc's tunable (same pid): large restores fault in 2 MiB pages."""
+    from shared import hugepages
+
+    server, _, _ = mlp_server
+    environ = open(f"/proc/{server.popen.pid}/environ", "rb").read().split(b"\0")
+    tunables = next(v for v in environ if v.startswith(b"GLIBC_TUNABLES=")).split(b"=", 1)[1]
+    assert hugepages.TUNABLE.encode() in tunables.split(b":")

@@ -1,0 +1,111 @@
+"""Imported graphs and their sessions: what makes the warm swap possible.
+
+Nearly every version a producer publishes has the same graph as the one before, and differs only
+in its variables. Importing that graph again costs most of a load (about 8 ms of 15-20 ms for
+the mlp); restoring the next version's variables into a second, already-used session of the
+graph already imported costs about 0.3 ms. So a graph is imported once and keeps up to two
+sessions: the live one, and a standby that the next version is restored into.
+
+A session goes back to its graph only once the version it held is out of use (in serve mode,
+once its last request has ended), so a restore never writes under a request. A new graph
+retires the old one: its sessions close as they come back.
+
+Whether two versions share a graph is decided by a fingerprint of the meta graph they load,
+with asset paths blanked out (the writer's staging path is baked into asset constants, and the
+SavedModel loader feeds the real path anyway), plus the content of every asset file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+from shared import contract, layout
+from shared.tfcompat import tf, v1
+
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+from tensorflow.python.saved_model import loader_impl  # noqa: E402
+
+MAIN_OP_KEYS = ("saved_model_main_op", "legacy_init_op")  # the SavedModel loader's, in order
+
+
+def fingerprint(version: layout.Version, tag: str) -> str:
+    """A key that is equal for two versions exactly when they load the same graph and assets."""
+    if version.kind == "checkpoint":
+        return hashlib.sha256(Path(f"{version.path}.meta").read_bytes()).hexdigest()
+    model = saved_model_pb2.SavedModel()
+    model.ParseFromString((version.path / "saved_model.pb").read_bytes())
+    meta_graph = next((m for m in model.meta_graphs if tag in m.meta_info_def.tags), None)
+    if meta_graph is None:
+        raise contract.ContractError(f"SavedModel has no meta graph tagged {tag!r}")
+    assets = asset_feeds(version.path, meta_graph)
+    asset_nodes = {name.split(":")[0] for name in assets}
+    for node in meta_graph.graph_def.node:  # in place: this parse is ours alone
+        if node.name in asset_nodes:
+            node.attr["value"].Clear()
+    digest = hashlib.sha256(meta_graph.SerializeToString(deterministic=True))
+    for name in sorted(assets):
+        digest.update(name.encode() + b"\0" + Path(assets[name]).read_bytes())
+    return digest.hexdigest()
+
+
+def asset_feeds(export_dir: Path, meta_graph) -> dict[str, str]:
+    """Asset tensor name -> that asset's path in ``export_dir``, as the SavedModel loader feeds."""
+    return {name: path.decode() if isinstance(path, bytes) else path
+            for name, path in loader_impl.get_asset_tensors(str(export_dir), meta_graph).items()}
+
+
+class ImportedGraph:
+    """One imported graph, how to restore a version into a session of it, and its idle session."""
+
+    STANDBYS = 1  # idle sessions kept; with the live one, two per graph
+
+    def __init__(self, graph: tf.Graph, key: str, saver_def, meta_graph=None,
+                 config: v1.ConfigProto | None = None) -> None:
+        self.graph, self.key, self.saver_def, self.config = graph, key, saver_def, config
+        self.meta_graph = meta_graph  # SavedModels: for asset feeds and the main op
+        self.main_op = next((meta_graph.collection_def[k].node_list.value[0] for k in MAIN_OP_KEYS
+                             if meta_graph is not None and k in meta_graph.collection_def), None)
+        # What every version of this graph shares, set by the loader after the import:
+        self.training: contract.Training | None = None  # checkpoints and the ``train`` tag
+        self.serving: contract.Serving | None = None  # the ``serve`` tag
+        self.signatures: dict = {}  # serve mode: key -> tensors.Signature, parsed once
+        self.publisher = None  # train mode: its Saver is built once per graph, not per version
+        self._idle: list[v1.Session] = []
+        self._retired = False
+        self._lock = threading.Lock()
+
+    def new_session(self) -> v1.Session:
+        return v1.Session(graph=self.graph, config=self.config)
+
+    def take_standby(self) -> tuple[v1.Session, bool]:
+        """An idle session of this graph (warm: True), or a new one (False)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self.new_session(), False
+
+    def give_back(self, session: v1.Session) -> None:
+        """A version's session is out of use: keep it as the standby, or close it."""
+        with self._lock:
+            keep = not self._retired and len(self._idle) < self.STANDBYS
+            if keep:
+                self._idle.append(session)
+        if not keep:
+            session.close()
+
+    def retire(self) -> None:
+        """A newer graph replaced this one: close the idle session now, the others on return."""
+        with self._lock:
+            self._retired, idle, self._idle = True, self._idle, []
+        for session in idle:
+            session.close()
+
+    def restore(self, session: v1.Session, version: layout.Version) -> None:
+        """Write ``version``'s variables into ``session`` (and run a SavedModel's main op)."""
+        prefix = version.path / "variables" / "variables" if version.kind == "savedmodel" \
+            else version.path
+        session.run(self.saver_def.restore_op_name, {self.saver_def.filename_tensor_name: str(prefix)})
+        if self.main_op is not None:
+            session.run(self.main_op, asset_feeds(version.path, self.meta_graph))

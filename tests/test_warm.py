@@ -1,0 +1,123 @@
+"""The warm swap: which path each version takes, and that a warm restore never serves stale
+weights. Real TensorFlow, real exports, the real consumer loop."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+
+from consumer import evaluate, loader
+from consumer.loop import Config, Consumer
+from shared import layout
+from tests.helpers import LinearVersions, intercept_for
+
+
+@pytest.fixture(scope="module")
+def versioned(tmp_path_factory):
+    """Six linear versions, SavedModel and checkpoint each, whose intercepts all differ."""
+    root = tmp_path_factory.mktemp("versioned") / "exports"
+    versions = LinearVersions(root, keep=0)
+    for step in range(1, 7):
+        versions.publish(step, intercept_for(step), checkpoint=True)
+    versions.close()
+    return root
+
+
+def _rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _commit_copy(source, root, step: int) -> None:
+    staging = layout.staging_dir(root, step)
+    shutil.copytree(source, staging, dirs_exist_ok=True)
+    layout.commit_dir(staging, layout.savedmodel_path(root, step))
+
+
+@pytest.mark.parametrize("kind", ["savedmodel", "checkpoint"])
+def test_each_warm_swap_gives_the_same_figures_as_a_fresh_load(kind, versioned):
+    """The guard against stale weights: every version after the first is restored into a
+    session that held an older version, and must score exactly as a fresh import does."""
+    live, figures = None, []
+    for version in layout.versions(versioned, kind):
+        ready = loader.load(version, loader.EVALUATE, live.imported if live else None)
+        assert ready.load == (loader.WARM if live else loader.FULL)
+        assert ("import" in ready.phases) == (live is None)  # no import on the warm path
+        warm = evaluate.evaluate(ready)
+        fresh_version = loader.load(version, loader.EVALUATE)
+        fresh = evaluate.evaluate(fresh_version)
+        fresh_version.close()
+        fresh_version.imported.retire()
+        assert warm == fresh, (version.step, warm, fresh)
+        figures.append(warm["loss"])
+        if live is not None:
+            live.close()  # out of use: its session becomes the standby for the next version
+        live = ready
+    live.imported.retire()
+    assert len(set(figures)) == len(figures)  # every version really had its own weights
+
+
+def test_a_changed_graph_or_changed_assets_take_the_full_path(tmp_path, mlp_export, linear_export):
+    mlp = layout.latest_savedmodel(mlp_export.root)
+    root = tmp_path / "exports"
+    layout.claim(root, "mlp")
+    _commit_copy(mlp.path, root, 1)
+    _commit_copy(mlp.path, root, 2)  # the same graph and assets: warm
+    relabeled = layout.staging_dir(root, 3)
+    shutil.copytree(mlp.path, relabeled, dirs_exist_ok=True)
+    labels = relabeled / "assets" / "labels.txt"
+    labels.write_text(labels.read_text().replace("class_", "kind_"))
+    relabeled.rename(layout.savedmodel_path(root, 3))
+    first, same, changed = layout.savedmodel_versions(root)
+
+    one = loader.load(first, loader.SERVE)
+    two = loader.load(same, loader.SERVE, one.imported)
+    three = loader.load(changed, loader.SERVE, two.imported)
+    assert (one.load, two.load, three.load) == (loader.FULL, loader.WARM, loader.FULL)
+    row = {"inputs/features:0": three.dataset.eval_split[0][:1]}
+    assert three.session.run("classes/LookupTableFindV2:0", row)[0].startswith(b"kind_")
+    assert two.session.run("classes/LookupTableFindV2:0", row)[0].startswith(b"class_")
+
+    linear = layout.latest_checkpoint(linear_export.root)
+    mlp_checkpoint = layout.latest_checkpoint(mlp_export.root)
+    four = loader.load(mlp_checkpoint, loader.EVALUATE)
+    five = loader.load(linear, loader.EVALUATE, four.imported)  # another graph entirely
+    assert five.load == loader.FULL and five.imported is not four.imported
+    for loaded in (one, two, three, four, five):
+        loaded.close()
+        loaded.imported.retire()
+
+
+def test_memory_stays_flat_over_hundreds_of_warm_reloads_of_the_real_loop(tmp_path, mlp_export):
+    """``Consumer.run`` itself, with its collect after each version: 300 versions of one graph,
+    each committed once the previous one is live."""
+    source = layout.latest_savedmodel(mlp_export.root).path
+    root = tmp_path / "exports"
+    layout.claim(root, "mlp")
+    stop = threading.Event()
+    consumer = Consumer(Config(export_dir=root, work_dir=tmp_path / "work", source="savedmodel",
+                               mode=loader.EVALUATE, rescan=0.5), stop)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    samples = {}
+    try:
+        for step in range(1, 301):
+            _commit_copy(source, root, step)
+            deadline = time.monotonic() + 30
+            while step not in consumer.stats.loaded:
+                assert time.monotonic() < deadline, f"version {step} never loaded"
+                time.sleep(0.002)
+            if step in (60, 300):
+                samples[step] = _rss_mb()
+            if step > 3:  # keep the directory small; the consumer only needs the newest
+                layout.discard_dir(layout.savedmodel_path(root, step - 3))
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert consumer.stats.loaded == list(range(1, 301))
+    assert samples[300] - samples[60] < 10, samples  # 240 more loads, flat
