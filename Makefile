@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 EXPORT ?= exports
 
-.PHONY: install producer consumer serve demo test inspect bench clean
+.PHONY: install tools producer consumer serve demo test inspect bench clean
 
 install: $(STAMP)
 
@@ -34,7 +34,13 @@ inspect: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 
-test: $(STAMP)
+# strace lets a test check the order of fsync and rename calls; installed where it is missing.
+tools:
+	@command -v strace >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq >/dev/null && apt-get install -y -qq strace >/dev/null; } || \
+		echo "strace could not be installed: the fsync-order test will be skipped"
+
+test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)
 
 clean:

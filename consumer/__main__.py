@@ -21,7 +21,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("evaluate", "train", "serve"), default="evaluate")
     parser.add_argument("--train-steps", type=cli.positive_int, default=100, metavar="N")
     parser.add_argument("--until-step", type=cli.non_negative_int, default=None, metavar="N",
-                        help="exit 0 once a version with step >= N has been handled")
+                        help="exit 0 once a version with step >= N has been handled; exit 1 "
+                             "if the first such version is refused")
     parser.add_argument("--poll", type=cli.positive_float, default=None, metavar="SECONDS",
                         help="poll instead of inotify (network filesystems)")
     parser.add_argument("--rescan", type=cli.positive_float, default=5.0, metavar="SECONDS",
@@ -79,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         stats = Consumer(config, stop).run()
     log.info("consumer_stopped", loaded=len(stats.loaded), failed=len(stats.failed),
              last_step=stats.loaded[-1] if stats.loaded else None)
+    if stats.missed_until_step is not None:
+        error = (stats.last_error or "").strip().splitlines()[:1] or ["refused"]
+        sys.stderr.write(f"{PROG}: error: version {stats.missed_until_step} (--until-step "
+                         f"{args.until_step}) was refused: {error[0][:300]}\n")
+        return 1
     return 0
 
 

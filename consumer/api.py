@@ -66,7 +66,7 @@ class Api:
                 manifest = layout.read_manifest(self.export_dir)
             except layout.LayoutError:
                 manifest = None
-            if isinstance(manifest, dict) and isinstance(manifest.get("model"), str):
+            if manifest is not None:
                 self.model_name = manifest["model"]
             elif live:
                 self.model_name = self.export_dir.resolve().name

@@ -44,6 +44,8 @@ class Stats:
     loaded: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     handoff_seconds: list[float] = field(default_factory=list)
+    last_error: str | None = None  # why the last version that failed was refused
+    missed_until_step: int | None = None  # the --until-step version that was refused, if any
 
 
 def _rss_mb() -> float | None:
@@ -87,12 +89,16 @@ class Consumer:
         # take it out of the collector's view, so the per-version collect below costs ~1 ms,
         # not ~130 ms.
         gc.freeze()
+        self._clean_work_dir()
         try:
             while not self.stop.is_set():
                 version = self.source.next_version(self._wanted, self.stop)
                 if version is None:
                     continue
                 swapped = self._swap_to(version)
+                if self._refused_at_until_step(version):
+                    self.stats.missed_until_step = version.step  # nothing newer is waited for
+                    break
                 if swapped:
                     try:
                         self._work()
@@ -115,6 +121,18 @@ class Consumer:
                     last.imported.retire()
         return self.stats
 
+    def _clean_work_dir(self) -> None:
+        """What a crash of an earlier run left half-written in the work dir (train mode publishes
+        there), as the producer cleans its export dir at start."""
+        removed = layout.clean_leftovers(self.config.work_dir)
+        if removed:
+            log.info("leftovers_removed", dir=str(self.config.work_dir), count=len(removed),
+                     paths=[str(p) for p in removed])
+
+    def _refused_at_until_step(self, version: layout.Version) -> bool:
+        until = self.config.until_step
+        return until is not None and version.step >= until and version.path in self.refused
+
     def _swap_to(self, version: layout.Version) -> bool:
         """Load ``version``; only once it is ready does it replace the live one."""
         live = self.live
@@ -122,12 +140,13 @@ class Consumer:
             current = live.imported if live and self.config.warm_swap else None
             ready = loader.load(version, self.config.mode, current)
         except loader.LoadError as err:
-            deleted = not version.exists()
+            deleted = not version.still_committed()
             log.warning("load_failed", step=version.step, path=str(version.path), error=str(err),
                         deleted_while_loading=deleted)
             if not deleted:  # a vanished version is simply superseded; a broken one is skipped
                 self.refused.add(version.path)
             self.stats.failed.append(str(version.path))
+            self.stats.last_error = str(err)
             self._count_refusal("load_failed")
             return False
         if self.config.mode == loader.SERVE and not self._promote(ready):
@@ -170,6 +189,7 @@ class Consumer:
             ready.imported.retire()  # a graph that never went live keeps no session
         self.refused.add(ready.version.path)
         self.stats.failed.append(str(ready.version.path))
+        self.stats.last_error = reason
         self._count_refusal("promotion_refused")
         return False
 
@@ -197,7 +217,8 @@ class Consumer:
         except Exception as err:  # e.g. the source SavedModel was retired meanwhile
             log.warning("publish_failed", step=result["end_step"], error=f"{type(err).__name__}: {err}")
             return
-        log.info("checkpoint_saved", step=result["end_step"], path=str(checkpoint))
+        if checkpoint is not None:  # None: this step was published before (a restart)
+            log.info("checkpoint_saved", step=result["end_step"], path=str(checkpoint))
         if savedmodel is not None:
             log.info("model_exported", step=result["end_step"], path=str(savedmodel))
 

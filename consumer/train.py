@@ -32,7 +32,8 @@ def continue_training(loaded: Loaded, steps: int, stop: threading.Event) -> dict
     return {"start_step": start, "end_step": int(session.run(model.global_step)), **means}
 
 
-def publish(loaded: Loaded, work_dir: Path, step: int, model: str) -> tuple[Path, Path | None]:
+def publish(loaded: Loaded, work_dir: Path, step: int,
+            model: str) -> tuple[Path | None, Path | None]:
     """A checkpoint and a SavedModel of the trained session, by the same commit protocol as the
     producer. A SavedModel source lends its ``serve`` meta graph; a checkpoint has none to lend.
     The work dir is claimed for ``model`` here, when a version names it, not at start, when the

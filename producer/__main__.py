@@ -21,9 +21,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=cli.positive_int, default=100, metavar="N")
     parser.add_argument("--export-every", type=cli.positive_int, default=500, metavar="N")
     parser.add_argument("--keep-checkpoints", type=cli.non_negative_int, default=5, metavar="N",
-                        help="Saver's max_to_keep; 0 keeps all")
+                        help="checkpoints the state file keeps, oldest deleted after each "
+                             "commit; 0 keeps all (our retention: the Saver's max_to_keep is "
+                             "not used, TF applies it only when the Saver writes the state)")
     parser.add_argument("--keep-checkpoint-every-hours", type=cli.positive_float, default=None,
-                        metavar="H")
+                        metavar="H", help="also keep one retired checkpoint every H hours, "
+                                          "outside the state file")
     parser.add_argument("--keep-exports", type=cli.non_negative_int, default=5, metavar="N",
                         help="SavedModels to keep; 0 keeps all")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0)

@@ -11,7 +11,7 @@ import numpy as np
 
 from shared import contract, datasets, layout, logs, models
 from shared.publish import Publisher
-from shared.tfcompat import tf, v1
+from shared.tfcompat import v1
 
 log = logs.get("producer")
 
@@ -32,11 +32,11 @@ class Config:
 
 def run(config: Config, stop: threading.Event) -> int:
     """Train ``config.model`` until the global step reaches ``config.steps`` or ``stop`` is set.
-    Ends with a checkpoint and an export of the last step. Returns the final global step."""
+    Ends with a checkpoint and an export of the last step. Returns the final global step.
+    The export dir must be claimed for the model (``layout.claim``) by the caller."""
     spec = models.MODELS[config.model]
     dataset = datasets.load({"name": spec.dataset, "seed": config.seed})
     root = config.export_dir
-    layout.claim(root, spec.name)
     removed = layout.clean_leftovers(root)
     if removed:
         log.info("leftovers_removed", count=len(removed), paths=[str(p) for p in removed])
@@ -59,8 +59,9 @@ def run(config: Config, stop: threading.Event) -> int:
         if checkpoint:
             started = time.perf_counter()
             path = publisher.save_checkpoint(session, step)
-            log.info("checkpoint_saved", step=step, path=str(path),
-                     seconds=round(time.perf_counter() - started, 4))
+            if path is not None:
+                log.info("checkpoint_saved", step=step, path=str(path),
+                         seconds=round(time.perf_counter() - started, 4))
         if export:
             started = time.perf_counter()
             path = publisher.export_savedmodel(session, step, serving=serving)

@@ -11,10 +11,6 @@ from typing import NoReturn
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit code 2, nothing deleted."""
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage dump) and exits 2."""
 
@@ -63,7 +59,8 @@ def port(text: str) -> int:
 
 
 def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM, so loops can finish their step and exit 0."""
+    """An event set by SIGINT, SIGTERM or SIGHUP (a closed terminal or ssh session), so loops can
+    finish their step and exit 0."""
     stop = threading.Event()
 
     def handle(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -71,4 +68,5 @@ def stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGHUP, handle)
     return stop

@@ -9,7 +9,6 @@ checkpoints it also shows the variables and the global step. ``--out DIR`` write
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -85,8 +84,6 @@ def find_sources(path: Path) -> list[Source]:
 
 def describe(source: Source) -> dict:
     """Every section of one meta graph as plain data (the ``--json`` form)."""
-    from shared.tfcompat import tf
-
     meta, graph = source.meta_graph, source.graph
     info = meta.meta_info_def
     report = {
@@ -104,12 +101,23 @@ def describe(source: Source) -> dict:
         "asset_files": _assets(meta),
     }
     if source.checkpoint is not None:
-        report["variables"] = {name: shape for name, shape in
-                               tf.train.list_variables(str(source.checkpoint))}
-        if "global_step" in report["variables"]:
-            report["global_step"] = int(tf.train.load_variable(str(source.checkpoint),
-                                                               "global_step"))
+        report.update(_checkpoint_variables(source.checkpoint))
     return report
+
+
+def _checkpoint_variables(prefix: Path) -> dict:
+    """The variables and global step a checkpoint's ``.index`` and ``.data`` hold."""
+    from shared.tfcompat import tf
+
+    try:
+        found = {"variables": dict(tf.train.list_variables(str(prefix)))}
+        if "global_step" in found["variables"]:
+            found["global_step"] = int(tf.train.load_variable(str(prefix), "global_step"))
+    except (tf.errors.OpError, ValueError) as err:  # a garbage .index, a missing .data shard
+        message = getattr(err, "message", None) or str(err)
+        raise InspectError(f"checkpoint {prefix} cannot be read: "
+                           f"{message.strip().splitlines()[0][:300]}") from None
+    return found
 
 
 def _fields(message) -> dict:
@@ -211,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail(PROG, f"{args.path} does not exist")
     try:
         sources = find_sources(args.path)
+        reports = [describe(source) for source in sources]
     except InspectError as err:
         cli.fail(PROG, str(err))
-    reports = [describe(source) for source in sources]
     if args.out:
         for source, report in zip(sources, reports):
             report["files"] = str(write_files(source, args.out))

@@ -16,6 +16,18 @@ Commit rules, the core of the handoff:
   names it is replaced atomically last. A reader that trusts only the state file never sees a
   checkpoint with a missing part.
 
+The durable order, so that the commit point is always the last step to reach the disk:
+1. ``claim`` and ``staging_dir`` fsync the directory they create an entry in.
+2. SavedModel: every file and directory of the staging tree is fsynced; ``commit.json`` is
+   written and fsynced, and the staging dir again; one rename gives it its number; then
+   ``savedmodels/`` is fsynced, which makes the commit itself durable.
+3. Checkpoint: its files are fsynced, then ``checkpoints/`` (TF's Saver renamed the data into
+   place from a ``*_temp`` dir: those renames must be on disk first); then the state file is
+   written to a temp file, fsynced, renamed over the old one, and ``checkpoints/`` fsynced again.
+4. Retention deletes only after a commit. ``discard_dir`` hides a version by a rename and fsyncs
+   that before it deletes anything, so a crash mid-delete leaves a hidden leftover, never a
+   half-version under its number.
+
 Pure Python on purpose: watchers and tools can use it without importing TensorFlow.
 """
 
@@ -31,6 +43,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from shared import checkpoint_state
 from shared.durable import TEMP_PREFIX, fsync_dir, fsync_files, fsync_tree, umask, write_atomic
 
 CHECKPOINTS = "checkpoints"
@@ -42,11 +55,12 @@ COMMIT_FILE = "commit.json"  # in a SavedModel: {"committed_at": <the writer's t
 CHECKPOINT_BASENAME = "model.ckpt"
 STAGING_PREFIX = TEMP_PREFIX  # staging dirs and atomic-write temp files alike
 
-_CHECKPOINT_NAME = re.compile(r"^model\.ckpt-(\d+)$")
-_CHECKPOINT_FILE = re.compile(r"^(model\.ckpt-\d+)(\.index|\.meta|\.data-\d{5}-of-\d{5})$")
-_STATE_LINE = re.compile(r'^(model_checkpoint_path|all_model_checkpoint_paths):\s*"([^"]*)"\s*$')
-_STATE_TIME = re.compile(r'^all_model_checkpoint_timestamps:\s*([0-9.eE+-]+)\s*$')
-_DATA_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+# [0-9], never \d or str.isdigit(): those accept "²" or "٣", which int() then rejects or reads.
+_CHECKPOINT_NAME = re.compile(r"^model\.ckpt-([0-9]+)\Z")
+_CHECKPOINT_FILE = re.compile(
+    r"^(model\.ckpt-[0-9]+)(\.index|\.meta|\.data-[0-9]{5}-of-[0-9]{5})\Z")
+_DATA_SHARD = re.compile(r"\.data-([0-9]{5})-of-([0-9]{5})\Z")
+_VERSION_DIR = re.compile(r"[0-9]+\Z")  # \Z: "$" would let a trailing newline through
 
 
 class LayoutError(Exception):
@@ -76,10 +90,10 @@ class Version:
                 pass
         return self.ctime
 
-    def exists(self) -> bool:
-        if self.kind == "savedmodel":
-            return self.path.is_dir()
-        return Path(f"{self.path}.index").exists()
+    def still_committed(self) -> bool:
+        """Whether the listing still holds this version. One that left it (retention) was
+        superseded: a load that failed on it says nothing about whether it was broken."""
+        return any(v.path == self.path for v in versions(self.path.parent.parent, self.kind))
 
 
 # -- paths -------------------------------------------------------------------------------------
@@ -113,6 +127,11 @@ def savedmodel_path(root: Path, step: int) -> Path:
     return savedmodels_dir(root) / str(step)
 
 
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` is a SavedModel version's: ASCII digits only."""
+    return _VERSION_DIR.match(name) is not None
+
+
 def checkpoint_step(name: str) -> int | None:
     """The global step in a checkpoint name such as ``model.ckpt-120``, or None."""
     match = _CHECKPOINT_NAME.match(Path(name).name)
@@ -128,31 +147,11 @@ def read_checkpoint_state(root: Path) -> list[str]:
 
 
 def read_checkpoint_entries(root: Path) -> list[tuple[str, float | None]]:
-    """(name, commit time) for each checkpoint in the state file, oldest first. The time is the
-    writer's ``all_model_checkpoint_timestamps`` entry, or None where it wrote none."""
+    """(name, commit time) for each checkpoint in the state file, oldest first; [] if none."""
     try:
-        text = state_file(root).read_text()
+        return checkpoint_state.parse(state_file(root).read_text())
     except (FileNotFoundError, NotADirectoryError):
         return []
-    latest, names, times = None, [], []
-    for line in text.splitlines():
-        if match := _STATE_TIME.match(line.strip()):
-            times.append(float(match.group(1)))
-            continue
-        match = _STATE_LINE.match(line.strip())
-        if not match:
-            continue
-        name = Path(match.group(2)).name  # TF may write absolute paths; the layout is relative
-        if match.group(1) == "model_checkpoint_path":
-            latest = name
-        else:
-            names.append(name)
-    if len(times) != len(names):  # TF writes them paired; anything else is not ours to trust
-        times = [None] * len(names)
-    entries = list(zip(names, times))
-    if latest is not None and latest not in names:
-        entries.append((latest, None))
-    return entries
 
 
 def latest_checkpoint(root: Path) -> Version | None:
@@ -169,7 +168,7 @@ def savedmodel_versions(root: Path) -> list[Version]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     for entry in entries:
-        if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+        if is_version_name(entry.name) and entry.is_dir(follow_symlinks=False):
             try:
                 ctime = entry.stat(follow_symlinks=False).st_ctime
             except FileNotFoundError:  # removed by retention since the listing
@@ -206,7 +205,7 @@ def is_commit_path(root: Path, path: str | os.PathLike) -> bool:
     root = Path(root)
     if path == state_file(root):
         return True
-    return path.parent == savedmodels_dir(root) and path.name.isdigit()
+    return path.parent == savedmodels_dir(root) and is_version_name(path.name)
 
 
 def checkpoint_is_complete(prefix: Path) -> bool:
@@ -230,20 +229,13 @@ def savedmodel_is_complete(path: Path) -> bool:
 def write_checkpoint_state(root: Path, entries: list[tuple[str, float | None]]
                            ) -> list[tuple[str, float]]:
     """Commit checkpoints: atomically replace the state file. ``entries`` are (name, commit
-    time), oldest first; the newest one's time is now, and any missing time is now too.
-
-    The text is the CheckpointState format TensorFlow itself writes, with relative paths, so
-    ``tf.train.latest_checkpoint`` and ``checkpoints_iterator`` read it too. The time is taken
-    just before the write: the fsync of this one small file and the rename (about 0.1 ms here)
-    are all that separate it from the commit.
-    """
+    time), oldest first; the newest one's time is now, and so is any missing one. Returns the
+    entries as written. The time is taken just before the write: the fsync of this one small
+    file and the rename (about 0.1 ms here) are all that separate it from the commit."""
     now = time.time()
     written = [(name, now if at is None else at) for name, at in entries[:-1]]
     written.append((entries[-1][0], now))
-    lines = [f'model_checkpoint_path: "{written[-1][0]}"']
-    lines += [f'all_model_checkpoint_paths: "{name}"' for name, _ in written]
-    lines += [f"all_model_checkpoint_timestamps: {at!r}" for _, at in written]
-    write_atomic(state_file(root), ("\n".join(lines) + "\n").encode())
+    write_atomic(state_file(root), checkpoint_state.render(written).encode())
     return written
 
 
@@ -253,6 +245,7 @@ def staging_dir(root: Path, step: int) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{step}-", dir=parent))
     staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 would lock out a reader of another user
+    fsync_dir(parent)  # so the rename that commits it later moves an entry that is on disk
     return staging
 
 
@@ -276,6 +269,9 @@ def discard_dir(path: Path) -> None:
         os.rename(path, hidden)
     except FileNotFoundError:
         return
+    # Durable before the delete: after a power loss mid-delete, the half-deleted version must
+    # come back hidden (and be cleaned), never under its number.
+    fsync_dir(path.parent)
     shutil.rmtree(hidden, ignore_errors=True)
 
 
@@ -315,12 +311,18 @@ def clean_leftovers(root: Path) -> list[Path]:
 
 
 def read_manifest(root: Path) -> dict | None:
+    """The manifest, a JSON object naming a ``model``; None if there is none."""
+    path = Path(root) / MANIFEST
     try:
-        return json.loads((Path(root) / MANIFEST).read_text())
+        manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, NotADirectoryError) as err:
-        raise LayoutError(f"{Path(root) / MANIFEST} is not a readable manifest: {err}") from err
+    except (ValueError, OSError) as err:  # not JSON, not UTF-8, a directory, unreadable
+        raise LayoutError(f"{path} is not a readable manifest: {err}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), str):
+        raise LayoutError(f"{path} is not a manifest: expected an object with a \"model\" "
+                          f"name, got {json.dumps(manifest)[:80]}")
+    return manifest
 
 
 def has_versions(root: Path) -> bool:
@@ -351,7 +353,11 @@ def claim(root: Path, model: str) -> None:
     if manifest is None and has_versions(root):
         raise LayoutError(f"export dir {root} holds versions but no {MANIFEST}; "
                           "refusing to mix them with a new model's")
-    for sub in (checkpoints_dir(root), savedmodels_dir(root), events_dir(root)):
-        sub.mkdir(exist_ok=True)
+    made = [sub for sub in (checkpoints_dir(root), savedmodels_dir(root), events_dir(root))
+            if not sub.is_dir()]
+    for sub in made:
+        sub.mkdir()
+    if made:
+        fsync_dir(root)  # the new entries survive a crash before anything is committed in them
     if manifest is None:
         write_atomic(root / MANIFEST, json.dumps({"model": model}).encode())

@@ -42,11 +42,10 @@ class Publisher:
         self._entries = layout.read_checkpoint_entries(self.root)  # retention resumes from here
         with graph.as_default():
             # One saver, made once: a Builder left to itself adds new save ops to the graph
-            # on every export, and the graph would grow for as long as training runs.
-            self.saver = v1.train.Saver(
-                sharded=True, allow_empty=True, save_relative_paths=True,
-                max_to_keep=keep_checkpoints,
-                keep_checkpoint_every_n_hours=keep_checkpoint_every_hours or 10000.0)
+            # on every export, and the graph would grow for as long as training runs. No
+            # max_to_keep or keep_checkpoint_every_n_hours: TF applies them only with
+            # write_state=True, which we never use. Retention is ours, after each commit.
+            self.saver = v1.train.Saver(sharded=True, allow_empty=True, save_relative_paths=True)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -59,12 +58,17 @@ class Publisher:
             self.saver.restore(session, str(latest.path))
         return latest.step
 
-    def save_checkpoint(self, session: tf.compat.v1.Session, step: int) -> Path:
+    def save_checkpoint(self, session: tf.compat.v1.Session, step: int) -> Path | None:
+        """Publish a checkpoint of ``session`` at ``step``; None if ``step`` is committed already.
+        A committed version is never written over: a reader may be loading it right now."""
         prefix = layout.checkpoint_prefix(self.root, step)
+        if any(name == prefix.name for name, _ in self._entries):
+            return None
         with self.graph.as_default():  # outside it, Saver takes TF2's eager path
             self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
             self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
         durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
+        durable.fsync_dir(prefix.parent)  # the Saver's renames of the data into place
         entries = [e for e in self._entries if e[0] != prefix.name] + [(prefix.name, None)]
         kept = entries[-self.keep_checkpoints:] if self.keep_checkpoints else entries
         # the commit: from here on, a version

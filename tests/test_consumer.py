@@ -1,17 +1,19 @@
 """The consumer's parts in this process: real TensorFlow, real files, a real watchdog observer."""
 
+import json
 import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
-import numpy as np
 import pytest
+import structlog
 
 from consumer import evaluate, loader
 from consumer.loop import Config, Consumer
 from shared import contract, datasets, layout
-from tests.helpers import REPO
+from tests.helpers import REPO, run
 
 
 def _copy_version(source_root, step, target_root, kind="savedmodel"):
@@ -142,7 +144,7 @@ def test_bad_version_keeps_the_live_one_and_the_next_good_one_is_taken(tmp_path,
     finally:
         running.close()
     lines = (tmp_path / "work" / "evaluations.jsonl").read_text().splitlines()
-    assert [__import__("json").loads(line)["step"] for line in lines] == [1000, 1500]
+    assert [json.loads(line)["step"] for line in lines] == [1000, 1500]
 
 
 def test_rescan_catches_versions_the_observer_never_reported(tmp_path, linear_export):
@@ -162,11 +164,27 @@ def test_rescan_catches_versions_the_observer_never_reported(tmp_path, linear_ex
         running.close()
 
 
+def test_the_consumer_cleans_what_a_crash_left_in_its_work_dir(tmp_path, linear_export):
+    root, work = tmp_path / "exports", tmp_path / "work"
+    _copy_version(linear_export.root, 1000, root)
+    _copy_version(linear_export.root, 2000, work, kind="checkpoint")  # committed: kept
+    staged = layout.staging_dir(work, 1100)
+    (staged / "saved_model.pb").write_bytes(b"half")
+    uncommitted = layout.checkpoints_dir(work) / "model.ckpt-2100.index"  # never committed
+    uncommitted.write_bytes(b"half")
+    with structlog.testing.capture_logs() as events:
+        running = Running(Config(export_dir=root, work_dir=work, source="savedmodel",
+                                 mode=loader.TRAIN, train_steps=1, until_step=1000))
+        running.thread.join(timeout=60)
+    removed = next(e for e in events if e["event"] == "leftovers_removed")
+    assert sorted(removed["paths"]) == sorted([str(staged), str(uncommitted)])
+    assert not staged.exists() and not uncommitted.exists()
+    assert layout.checkpoint_is_complete(layout.checkpoint_prefix(work, 2000))
+
+
 def test_the_watch_is_rearmed_when_the_export_dir_is_deleted_and_made_again(tmp_path,
                                                                             linear_export):
     """With the rescan an hour away, only a watch on the new directory can notice the commit."""
-    import structlog
-
     root = tmp_path / "exports"
     _copy_version(linear_export.root, 1000, root)
     with structlog.testing.capture_logs() as events:
@@ -181,27 +199,6 @@ def test_the_watch_is_rearmed_when_the_export_dir_is_deleted_and_made_again(tmp_
         finally:
             running.close()
     assert [e["step"] for e in events if e["event"] == "model_loaded"] == [1000, 1500]
-
-
-def test_memory_stays_flat_over_many_loads(linear_export):
-    from shared.tfcompat import v1
-
-    def rss_mb():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-
-    version = layout.latest_savedmodel(linear_export.root)
-    samples = []
-    for i in range(160):  # the full path, each version in a graph of its own
-        loaded = loader.load(version, loader.EVALUATE)
-        evaluate.evaluate(loaded)
-        loaded.close()
-        loaded.imported.retire()  # as the loop does when a new graph replaces it
-        if i in (40, 159):
-            samples.append(rss_mb())
-    assert samples[1] - samples[0] < 25, samples  # 120 more loads, well under 25 MB
-    assert v1.get_default_graph().get_operations() == []
 
 
 def test_a_model_nobody_here_wrote_works_through_the_contract(tmp_path):
@@ -270,8 +267,6 @@ def test_training_continues_at_the_producers_accuracy_not_chance(mlp_export):
     (["--bogus"], "unrecognized arguments"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
-    from tests.helpers import run
-
     (tmp_path / "file").write_text("keep")
     args = [a.format(file=tmp_path / "file", dir=tmp_path) for a in args]
     if "--work-dir" not in args:
@@ -282,20 +277,45 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert (tmp_path / "file").read_text() == "keep"
 
 
-def test_a_version_deleted_while_loading_is_not_held_against_it(tmp_path, linear_export):
+def test_a_refused_version_at_until_step_ends_the_run_with_one_line(tmp_path, linear_export):
+    """It used to wait forever for a version it had already seen and refused."""
+    root = tmp_path / "exports"
+    _copy_version(linear_export.root, 1000, root)
+    _plant_broken(root, 1200, "truncated")
+    result = run("consumer", "--export-dir", root, "--work-dir", tmp_path / "work",
+                 "--until-step", "1100", timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "version 1200 (--until-step 1100) was refused" in result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["step"] for e in events if e["event"] == "load_failed"] == [1200]
+    assert events[-1]["event"] == "consumer_stopped"
+
+
+def test_a_version_retired_while_loading_is_superseded_not_broken(tmp_path, linear_export):
+    """Retention commits the new state file first, then deletes the old files one by one. A
+    load that meets the half-deleted version fails, but the version left the listing: it was
+    superseded, and must not be refused for good (it once was, as its .index was still there)."""
     root = tmp_path / "exports"
     _copy_version(linear_export.root, 2000, root, kind="checkpoint")
     version = layout.latest_checkpoint(root)
-    layout.remove_checkpoint_files(version.path)  # retention got there first
+    for path in layout.checkpoints_dir(linear_export.root).glob("model.ckpt-2100.*"):
+        shutil.copy(path, layout.checkpoints_dir(root))
+    layout.write_checkpoint_state(root, [("model.ckpt-2100", None)])  # --keep-checkpoints 1
+    Path(f"{version.path}.meta").unlink()  # retention is half-way: the .index is still there
+    assert Path(f"{version.path}.index").exists()
     consumer = Consumer(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
                                mode=loader.EVALUATE), threading.Event())
-    assert not consumer._swap_to(version)
-    assert consumer.refused == set() and consumer.live is None  # the newest will be tried next
+    with structlog.testing.capture_logs() as events:
+        assert not consumer._swap_to(version)
+    assert consumer.refused == set() and consumer.live is None
+    assert [e["deleted_while_loading"] for e in events if e["event"] == "load_failed"] == [True]
 
-    _copy_version(linear_export.root, 2000, root, kind="checkpoint")
-    (layout.checkpoints_dir(root) / "model.ckpt-2000.meta").write_bytes(b"broken")
-    assert not consumer._swap_to(layout.latest_checkpoint(root))
-    assert consumer.refused == {version.path}  # still there and broken: never tried again
+    # still listed and broken: refused, never tried again
+    layout.write_checkpoint_state(root, [("model.ckpt-2000", None), ("model.ckpt-2100", None)])
+    Path(f"{version.path}.meta").write_bytes(b"broken")
+    assert not consumer._swap_to(version)
+    assert consumer.refused == {version.path}
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "savedmodel"])

@@ -1,5 +1,7 @@
 """The commit protocol under a real producer process: kill -9, resume, and a racing reader."""
 
+import json
+import os
 import random
 import time
 
@@ -15,12 +17,17 @@ def _assert_only_complete_versions(root):
 
 
 def test_kill_9_leaves_only_complete_versions_and_rerun_resumes(tmp_path):
+    # A seeded moment, so a failure can be replayed with KILL_SEED; the scheduler still adds
+    # its own jitter, which is why the moment is printed (pytest shows it on a failure).
+    seed = int(os.environ.get("KILL_SEED", "20261122"))
+    delay = random.Random(seed).uniform(0, 0.05)
+    print(f"kill -9 at {delay * 1000:.1f} ms after the export at step >= 300 (KILL_SEED={seed})")
     root = tmp_path / "exports"
     producer = Process("producer", "--model", "mlp", "--export-dir", root, "--steps", "1000000",
                        "--checkpoint-every", "50", "--export-every", "100")
     try:
         producer.wait_for(lambda e: e["event"] == "model_exported" and e["step"] >= 300)
-        time.sleep(random.uniform(0, 0.05))  # land anywhere in the save / export cycle
+        time.sleep(delay)  # land anywhere in the save / export cycle
     finally:
         producer.kill()
     assert producer.popen.returncode == -9
@@ -33,7 +40,7 @@ def test_kill_9_leaves_only_complete_versions_and_rerun_resumes(tmp_path):
     rerun = run("producer", "--model", "mlp", "--export-dir", root, "--steps", target,
                 "--checkpoint-every", "50", "--export-every", "100")
     assert rerun.returncode == 0, rerun.stderr
-    events = [e for e in map(__import__("json").loads, rerun.stdout.splitlines())]
+    events = [e for e in map(json.loads, rerun.stdout.splitlines())]
     resumed = next(e for e in events if e["event"] == "training_resumed")
     assert resumed["step"] == latest.step
     assert not [e for e in events if e["event"] == "training_started"]

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 from shared import inspect, layout
-from tests.helpers import REPO, run
+from tests.helpers import run
 
 
 def _reports(capsys, *args):
@@ -86,3 +86,26 @@ def test_bad_path_exits_2_with_one_line(tmp_path, make_path, message):
     result = run("shared.inspect", make_path(tmp_path), timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage_index", "too short to be an sstable"),
+    ("missing_data", "No such file or directory"),
+])
+def test_a_damaged_checkpoint_exits_2_with_one_line_not_a_traceback(damage, message, capsys,
+                                                                     tmp_path, linear_export):
+    import shutil
+
+    prefix = layout.latest_checkpoint(linear_export.root).path
+    for path in prefix.parent.glob(f"{prefix.name}.*"):
+        shutil.copy(path, tmp_path)
+    copy = tmp_path / prefix.name
+    if damage == "garbage_index":
+        (tmp_path / f"{prefix.name}.index").write_bytes(b"garbage")
+    else:
+        next(tmp_path.glob(f"{prefix.name}.data-*")).unlink()
+    with pytest.raises(SystemExit) as exit:
+        inspect.main([str(copy)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1, err
+    assert f"checkpoint {copy} cannot be read" in err and message in err

@@ -68,7 +68,8 @@ def test_staging_dirs_are_never_versions_and_commit_is_one_rename(tmp_path):
     staging = layout.staging_dir(tmp_path, 7)
     (staging / "saved_model.pb").write_bytes(b"pb")
     assert layout.savedmodel_versions(tmp_path) == []
-    assert oct(staging.stat().st_mode & 0o777) != oct(0o700)  # readable by other users
+    from shared.durable import umask
+    assert staging.stat().st_mode & 0o777 == 0o777 & ~umask()  # as mkdir makes it, not mkdtemp
 
     layout.commit_dir(staging, layout.savedmodel_path(tmp_path, 7))
     assert [v.step for v in layout.savedmodel_versions(tmp_path)] == [7]
@@ -123,8 +124,24 @@ def test_commit_paths_are_the_state_file_and_integer_dirs(tmp_path):
     assert not layout.is_commit_path(tmp_path, tmp_path / "checkpoints" / "model.ckpt-1.meta")
 
 
-def test_discard_hides_before_deleting(tmp_path):
+def test_discard_removes_the_version(tmp_path):
+    """That it hides the version first, durably, is checked on real system calls in
+    tests/test_durability.py."""
     version = tmp_path / "savedmodels" / "3"
     (version / "variables").mkdir(parents=True)
     layout.discard_dir(version)
     assert not version.exists() and os.listdir(tmp_path / "savedmodels") == []
+
+
+def test_only_ascii_digits_make_a_version_number(tmp_path):
+    """"²".isdigit() is True and int("²") raises: a stray name once crashed the listing."""
+    layout.claim(tmp_path, "linear")
+    for name in ("²", "٣", "12\n", "7"):
+        (layout.savedmodels_dir(tmp_path) / name).mkdir()
+    layout.write_checkpoint_state(tmp_path, [("model.ckpt-²", None), ("model.ckpt-5", None)])
+    (layout.checkpoints_dir(tmp_path) / "model.ckpt-٣.index").write_bytes(b"x")
+
+    assert [v.step for v in layout.savedmodel_versions(tmp_path)] == [7]
+    assert [v.step for v in layout.checkpoint_versions(tmp_path)] == [5]
+    assert not layout.is_commit_path(tmp_path, layout.savedmodels_dir(tmp_path) / "²")
+    assert layout.clean_leftovers(tmp_path) == []  # not ours to delete, and no crash

@@ -164,6 +164,25 @@ def test_bad_export_dirs_exit_2_and_keep_data(tmp_path, linear_export):
     assert sorted(p.name for p in (linear_export.root / "checkpoints").iterdir()) == before
 
 
+@pytest.mark.parametrize("manifest, message", [
+    (b"[]", "expected an object"),
+    (b"\xff\xfe\x00garbage", "not a readable manifest"),
+    (None, "Is a directory"),
+])
+def test_a_bad_manifest_exits_2_with_one_line(manifest, message, tmp_path):
+    """Each of these was a 13-22 line traceback."""
+    root = tmp_path / "exports"
+    root.mkdir()
+    if manifest is None:
+        (root / "export.json").mkdir()
+    else:
+        (root / "export.json").write_bytes(manifest)
+    result = run("producer", "--export-dir", root, "--steps", "10", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["export.json"]  # nothing else touched
+
+
 def test_keep_checkpoint_every_hours_keeps_files_outside_the_state(tmp_path):
     import time
 
@@ -185,3 +204,22 @@ def test_keep_checkpoint_every_hours_keeps_files_outside_the_state(tmp_path):
         on_disk = sorted(p.name for p in (root / "checkpoints").glob("*.index"))
         expected = 2 if hours is None else 5
         assert len(on_disk) == expected, on_disk
+
+
+def test_a_committed_checkpoint_is_never_written_over(tmp_path):
+    """A writer restarted on its directory (a train-mode consumer reaching the same end step)
+    must not rewrite a checkpoint the state file already names: a reader may be loading it."""
+    from shared.publish import Publisher
+    from tests.helpers import LinearVersions
+
+    root = tmp_path / "exports"
+    versions = LinearVersions(root)
+    versions.publish(5, -1.0, checkpoint=True)
+    files = sorted(layout.checkpoints_dir(root).glob("model.ckpt-5.*"))
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files]
+    versions.session.run(versions.set_intercept, {versions.value: 7.0})  # other weights now
+    restarted = Publisher(root, versions.graph)
+    assert restarted.save_checkpoint(versions.session, 5) is None
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files] == before
+    assert restarted.save_checkpoint(versions.session, 6) is not None  # a new step still saves
+    versions.close()
