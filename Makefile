@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 EXPORT ?= exports
 
-.PHONY: install tools producer consumer serve demo test inspect bench clean
+.PHONY: install tools producer consumer serve demo test soak inspect bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ tools:
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(ARGS)
+
+# the chaos test as a long soak: the producer killed with -9 KILLS times in a row
+KILLS ?= 300
+soak: $(STAMP)
+	CHAOS_KILLS=$(KILLS) $(PY) -m pytest -s tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV) exports work .pytest_cache

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared import cli, hugepages, layout, logs
+from shared import cli, dirlock, hugepages, layout, logs
 
 PROG = "consumer"
 
@@ -23,6 +23,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--until-step", type=cli.non_negative_int, default=None, metavar="N",
                         help="exit 0 once a version with step >= N has been handled; exit 1 "
                              "if the first such version is refused")
+    parser.add_argument("--max-publish-failures", type=cli.positive_int, default=3, metavar="N",
+                        help="train mode: exit 1 after N failed publishes in a row (a full "
+                             "disk); each one is logged and the next version tries again")
     parser.add_argument("--poll", type=cli.positive_float, default=None, metavar="SECONDS",
                         help="poll instead of inotify (network filesystems)")
     parser.add_argument("--rescan", type=cli.positive_float, default=5.0, metavar="SECONDS",
@@ -65,12 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail(PROG, str(err))
 
     hugepages.reexec_with_huge_pages()  # before TensorFlow, and before any large allocation
+    if args.mode == "train":  # it publishes into its work dir: one writer there (after the
+        try:                  # re-exec, which would close the lock's fd)
+            dirlock.hold(args.work_dir, PROG)
+        except dirlock.DirLocked as err:
+            cli.fail(PROG, str(err))
     from consumer.loop import Config, Consumer  # TensorFlow loads here
 
     config = Config(export_dir=args.export_dir, work_dir=args.work_dir, source=args.source,
                     mode=args.mode, train_steps=args.train_steps, until_step=args.until_step,
                     poll=args.poll, rescan=args.rescan, max_regression=args.max_regression,
-                    warm_swap=not args.full_loads)
+                    warm_swap=not args.full_loads,
+                    max_publish_failures=args.max_publish_failures)
     log = logs.get(PROG)
     if args.mode == "serve":
         stats = _serve(args, config, stop, log)
@@ -80,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = Consumer(config, stop).run()
     log.info("consumer_stopped", loaded=len(stats.loaded), failed=len(stats.failed),
              last_step=stats.loaded[-1] if stats.loaded else None)
-    if stats.missed_until_step is not None:
-        error = (stats.last_error or "").strip().splitlines()[:1] or ["refused"]
-        sys.stderr.write(f"{PROG}: error: version {stats.missed_until_step} (--until-step "
-                         f"{args.until_step}) was refused: {error[0][:300]}\n")
+    if stats.fatal is not None:
+        sys.stderr.write(f"{PROG}: error: {stats.fatal.strip().splitlines()[0][:500]}\n")
         return 1
     return 0
 

@@ -7,7 +7,9 @@ The two give the same figures for the same version.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,9 +28,20 @@ def evaluate(loaded: Loaded) -> dict[str, float]:
 
 
 def record(path: Path, loaded: Loaded, metrics: dict[str, float]) -> None:
-    """Append one evaluation as a JSON line."""
+    """Append one evaluation as a JSON line, whole or not at all: a write cut short (a full
+    disk) is truncated away, so a reader of the file never meets a torn line."""
     entry = {"step": loaded.version.step, "source": loaded.version.kind,
              "path": str(loaded.version.path), **metrics,
              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with open(path, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    line = (json.dumps(entry) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write", str(path))
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)

@@ -45,8 +45,14 @@ def fingerprint(version: layout.Version, tag: str) -> str:
         if node.name in asset_nodes:
             node.attr["value"].Clear()
     digest = hashlib.sha256(meta_graph.SerializeToString(deterministic=True))
+    inside = version.path.resolve()
     for name in sorted(assets):
-        digest.update(name.encode() + b"\0" + Path(assets[name]).read_bytes())
+        path = Path(assets[name])
+        if path.is_symlink() or not path.resolve().is_relative_to(inside):
+            raise contract.ContractError(f"asset {path.name} lies outside its SavedModel")
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as handle:  # in chunks: an asset may be large
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
 
 

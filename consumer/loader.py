@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from consumer import graphs, tensors
 from consumer.graphs import ImportedGraph
@@ -74,6 +75,7 @@ def load(version: layout.Version, purpose: str, current: ImportedGraph | None = 
     phases = {}
     mark = time.perf_counter()
     try:
+        _check_bounds(version)
         key = graphs.fingerprint(version, tag)
     except Exception as err:  # unreadable, unparsable, or no such tag
         raise _load_error(err) from err
@@ -99,6 +101,19 @@ def load(version: layout.Version, purpose: str, current: ImportedGraph | None = 
         session.close()  # half-restored: never reused
         raise _load_error(err) from err
     return Loaded(version, imported, session, phases, load_kind)
+
+
+def _check_bounds(version: layout.Version) -> None:
+    """Before reading anything: the version's files are its own (no symlinks, nothing outside
+    the export dir), and its meta graph is not too big to parse."""
+    layout.check_confined(version)
+    graph_file = (version.path / "saved_model.pb" if version.kind == "savedmodel"
+                  else Path(f"{version.path}.meta"))
+    size = graph_file.stat().st_size
+    if size > contract.MAX_GRAPH_BYTES:
+        raise contract.ContractError(
+            f"{graph_file.name} is {size / 2**20:.0f} MiB, over the limit of "
+            f"{contract.MAX_GRAPH_BYTES / 2**20:.0f} MiB")
 
 
 def _load_error(err: Exception) -> LoadError:

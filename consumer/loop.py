@@ -21,6 +21,7 @@ from consumer.manager import Manager
 from consumer.metrics import ServingMetrics
 from consumer.source import VersionSource
 from shared import layout, logs
+from shared.publish import PublishError, describe
 
 log = logs.get("consumer")
 
@@ -37,6 +38,7 @@ class Config:
     until_step: int | None = None
     poll: float | None = None
     rescan: float = 5.0
+    max_publish_failures: int = 3  # train mode: in a row, then the loop gives up
 
 
 @dataclass
@@ -44,8 +46,7 @@ class Stats:
     loaded: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     handoff_seconds: list[float] = field(default_factory=list)
-    last_error: str | None = None  # why the last version that failed was refused
-    missed_until_step: int | None = None  # the --until-step version that was refused, if any
+    fatal: str | None = None  # why the loop gave up, in one line: the process exits 1
 
 
 def _rss_mb() -> float | None:
@@ -73,6 +74,8 @@ class Consumer:
         self._owns_manager = manager is None
         self.metrics = metrics
         self.refused: set[Path] = set()  # broken or gated versions: never tried again
+        self._refusal = ""  # why the last refused version was refused
+        self.publish_failures = 0  # in a row, in train mode
         self.stats = Stats()
 
     @property
@@ -96,8 +99,9 @@ class Consumer:
                 if version is None:
                     continue
                 swapped = self._swap_to(version)
-                if self._refused_at_until_step(version):
-                    self.stats.missed_until_step = version.step  # nothing newer is waited for
+                if self._refused_at_until_step(version):  # nothing newer is waited for
+                    self.stats.fatal = (f"version {version.step} (--until-step "
+                                        f"{self.config.until_step}) was refused: {self._refusal}")
                     break
                 if swapped:
                     try:
@@ -105,6 +109,8 @@ class Consumer:
                     except Exception as err:  # the live version stays; the next may do better
                         log.error("work_failed", step=version.step, mode=self.config.mode,
                                   error=f"{type(err).__name__}: {err}"[:500])
+                if self.stats.fatal is not None:
+                    break
                 # A tf.Graph holds reference cycles, so a dropped or refused version would wait
                 # for a full collection that may not come for hundreds of loads. Collect here,
                 # after the work and off the handoff's path, so memory stays flat.
@@ -146,7 +152,7 @@ class Consumer:
             if not deleted:  # a vanished version is simply superseded; a broken one is skipped
                 self.refused.add(version.path)
             self.stats.failed.append(str(version.path))
-            self.stats.last_error = str(err)
+            self._refusal = str(err)
             self._count_refusal("load_failed")
             return False
         if self.config.mode == loader.SERVE and not self._promote(ready):
@@ -189,7 +195,7 @@ class Consumer:
             ready.imported.retire()  # a graph that never went live keeps no session
         self.refused.add(ready.version.path)
         self.stats.failed.append(str(ready.version.path))
-        self.stats.last_error = reason
+        self._refusal = reason
         self._count_refusal("promotion_refused")
         return False
 
@@ -202,25 +208,41 @@ class Consumer:
         if self.config.mode in (loader.EVALUATE, loader.SERVE):
             # serve mode scored the version at its gate already; evaluate mode scores it now
             metrics = live.metrics if live.metrics is not None else evaluate.evaluate(live)
-            evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
             log.info("evaluated", step=live.version.step, source=live.version.kind, **metrics)
+            try:
+                evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
+            except OSError as err:  # a full disk: the evaluation stands in the log
+                log.warning("record_failed", step=live.version.step, error=describe(err))
             return
         result = train.continue_training(live, self.config.train_steps, self.stop)
         if result is None:
             log.info("training_abandoned", step=live.version.step, reason="signal")
             return
         log.info("trained", **result)
+        self._publish(live, result["end_step"])
+
+    def _publish(self, live: loader.Loaded, step: int) -> None:
+        """Train mode's versions, into the work dir. A failure is logged and the next version
+        tries again; after ``max_publish_failures`` in a row the loop gives up."""
         try:
             manifest = layout.read_manifest(self.config.export_dir) or {}
-            checkpoint, savedmodel = train.publish(live, self.config.work_dir, result["end_step"],
+            checkpoint, savedmodel = train.publish(live, self.config.work_dir, step,
                                                    manifest.get("model", live.dataset.name))
-        except Exception as err:  # e.g. the source SavedModel was retired meanwhile
-            log.warning("publish_failed", step=result["end_step"], error=f"{type(err).__name__}: {err}")
+        except (PublishError, layout.LayoutError, OSError) as err:
+            self.publish_failures += 1
+            kind = err.kind if isinstance(err, PublishError) else "work_dir"
+            reason = err.reason if isinstance(err, PublishError) else describe(err)
+            log.error("publish_failed", step=step, kind=kind, error=reason,
+                      failures_in_a_row=self.publish_failures)
+            if self.publish_failures >= self.config.max_publish_failures:
+                self.stats.fatal = (f"{self.publish_failures} publish failures in a row in "
+                                    f"{self.config.work_dir}; the last: {reason}")
             return
+        self.publish_failures = 0
         if checkpoint is not None:  # None: this step was published before (a restart)
-            log.info("checkpoint_saved", step=result["end_step"], path=str(checkpoint))
+            log.info("checkpoint_saved", step=step, path=str(checkpoint))
         if savedmodel is not None:
-            log.info("model_exported", step=result["end_step"], path=str(savedmodel))
+            log.info("model_exported", step=step, path=str(savedmodel))
 
 
 def _refusal(metrics: dict, live: loader.Loaded | None, max_regression: float | None) -> str | None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared import cli, layout, logs
+from shared import cli, dirlock, layout, logs
 
 PROG = "producer"
 MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check before TF loads
@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                           "outside the state file")
     parser.add_argument("--keep-exports", type=cli.non_negative_int, default=5, metavar="N",
                         help="SavedModels to keep; 0 keeps all")
+    parser.add_argument("--max-publish-failures", type=cli.positive_int, default=3, metavar="N",
+                        help="a failed publish (a full disk) is retried at the next interval "
+                             "while training goes on; exit 1 after N in a row")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0)
     parser.add_argument("--log-every", type=cli.positive_int, default=None, metavar="EPOCHS")
     parser.add_argument("--log-format", choices=logs.FORMATS, default=None)
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         layout.claim(args.export_dir, args.model)  # before TensorFlow loads: bad input fails fast
-    except layout.LayoutError as err:
+        dirlock.hold(args.export_dir, PROG)
+    except (layout.LayoutError, dirlock.DirLocked) as err:
         cli.fail(PROG, str(err))
 
     from producer import train
@@ -56,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         keep_checkpoints=args.keep_checkpoints,
         keep_checkpoint_every_hours=args.keep_checkpoint_every_hours,
         keep_exports=args.keep_exports, seed=args.seed,
-        log_every_epochs=args.log_every or spec.log_every_epochs)
-    train.run(config, stop)
+        log_every_epochs=args.log_every or spec.log_every_epochs,
+        max_publish_failures=args.max_publish_failures)
+    try:
+        train.run(config, stop)
+    except train.PublishGaveUp as err:
+        sys.stderr.write(f"{PROG}: error: {err}\n")
+        return 1
     return 0
 
 

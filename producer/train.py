@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import contract, datasets, layout, logs, models
-from shared.publish import Publisher
+from shared.publish import PublishError, Publisher
 from shared.tfcompat import v1
 
 log = logs.get("producer")
@@ -28,6 +28,53 @@ class Config:
     keep_exports: int
     seed: int
     log_every_epochs: int
+    max_publish_failures: int = 3
+
+
+class PublishGaveUp(Exception):
+    """Publishing failed ``max_publish_failures`` times in a row, or at the end: exit 1."""
+
+
+class Schedule:
+    """Publishes a checkpoint every ``checkpoint_every`` steps and a SavedModel every
+    ``export_every``. A publish that fails (a full disk) is logged and tried again at the next
+    interval, while training goes on; after ``max_publish_failures`` in a row, or at the final
+    publish, it gives up."""
+
+    def __init__(self, publisher: Publisher, session, serving, config: Config) -> None:
+        self.publisher, self.session, self.serving, self.config = publisher, session, serving, config
+        self.failures = 0  # in a row
+
+    def due(self, step: int) -> None:
+        if step % self.config.checkpoint_every == 0:
+            self._publish("checkpoint", step)
+        if step % self.config.export_every == 0:
+            self._publish("savedmodel", step)
+
+    def final(self, step: int) -> None:
+        """A checkpoint and a SavedModel of the last step, unless they exist already."""
+        self._publish("checkpoint", step, final=True)
+        self._publish("savedmodel", step, final=True)
+
+    def _publish(self, kind: str, step: int, final: bool = False) -> None:
+        started = time.perf_counter()
+        try:
+            if kind == "checkpoint":
+                path = self.publisher.save_checkpoint(self.session, step)
+            else:
+                path = self.publisher.export_savedmodel(self.session, step, serving=self.serving)
+        except PublishError as err:
+            self.failures += 1
+            log.error("publish_failed", step=step, kind=kind, error=err.reason,
+                      failures_in_a_row=self.failures, final=final)
+            if final or self.failures >= self.config.max_publish_failures:
+                raise PublishGaveUp(f"{err}; {self.failures} publish failure(s) in a row"
+                                    + (", at the final publish" if final else "")) from None
+            return
+        self.failures = 0
+        if path is not None:  # None: published before (a resumed run's first or last step)
+            log.info("checkpoint_saved" if kind == "checkpoint" else "model_exported",
+                     step=step, path=str(path), seconds=round(time.perf_counter() - started, 4))
 
 
 def run(config: Config, stop: threading.Event) -> int:
@@ -55,21 +102,8 @@ def run(config: Config, stop: threading.Event) -> int:
     def serving(assets_dir: Path) -> models.ServingGraph:
         return models.build_serving_graph(spec, dataset, assets_dir)
 
-    def publish(step: int, checkpoint: bool, export: bool) -> None:
-        if checkpoint:
-            started = time.perf_counter()
-            path = publisher.save_checkpoint(session, step)
-            if path is not None:
-                log.info("checkpoint_saved", step=step, path=str(path),
-                         seconds=round(time.perf_counter() - started, 4))
-        if export:
-            started = time.perf_counter()
-            path = publisher.export_savedmodel(session, step, serving=serving)
-            if path is not None:
-                log.info("model_exported", step=step, path=str(path),
-                         seconds=round(time.perf_counter() - started, 4))
-
     with v1.Session(graph=graph) as session:
+        publish = Schedule(publisher, session, serving, config)
         step = publisher.restore_latest(session)
         if step is None:
             session.run(v1.global_variables_initializer())
@@ -96,12 +130,10 @@ def run(config: Config, stop: threading.Event) -> int:
                              **{k: float(v) for k, v in values.items()})
                     writer.add_summary(session.run(summaries, feed), step)
                 epoch_metrics = []
-            publish(step, checkpoint=step % config.checkpoint_every == 0,
-                    export=step % config.export_every == 0)
+            publish.due(step)
 
         reason = "signal" if stop.is_set() else "steps_reached"
-        latest = layout.latest_checkpoint(root)
-        publish(step, checkpoint=latest is None or latest.step != step, export=True)
+        publish.final(step)
         writer.close()
     log.info("training_finished", step=step, reason=reason)
     return step

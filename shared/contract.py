@@ -21,6 +21,9 @@ TRAIN_TAG = "train"
 SERVE_TAG = "serve"
 SIGNATURE_KEY = "serving_default"
 INPUT_KEY = "features"
+# A reader refuses a meta graph file (``saved_model.pb`` or ``.meta``) bigger than this before it
+# reads a byte of it. Variables belong in the checkpoint; a graph this big holds data it should not.
+MAX_GRAPH_BYTES = 256 * 2**20
 
 
 class ContractError(Exception):

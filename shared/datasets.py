@@ -88,6 +88,43 @@ def _random_classes(seed: int = 0, num_batches: int = 50, batch_size: int = 32,
 
 CATALOG = {"linear": _linear, "random_classes": _random_classes}
 
+# The parameters an export may ask for, checked before anything is allocated: an export is input
+# from another process, and a spec asking for millions of batches must be refused, not built.
+_INT, _FLOAT = (int,), (int, float)
+_SEED = (_INT, 0, 2**63 - 1)
+BOUNDS = {
+    "linear": {"seed": _SEED, "size": (_INT, 1, 10_000_000), "noise": (_FLOAT, 0.0, 1e6)},
+    "random_classes": {"seed": _SEED, "num_batches": (_INT, 1, 1_000_000),
+                       "batch_size": (_INT, 1, 1_000_000), "num_features": (_INT, 1, 1_000_000),
+                       "num_classes": (_INT, 2, 100_000)},
+}
+MAX_VALUES = 2**25  # numbers a dataset may hold in all: 128 MiB of float32
+
+
+def _values(name: str, params: dict) -> int:
+    """How many numbers the dataset would allocate, from its parameters alone."""
+    if name == "linear":
+        return 4 * params.get("size", 100)  # x and y, for training and evaluation
+    return (params.get("num_batches", 50) * params.get("batch_size", 32)
+            * (params.get("num_features", 28) + 1))
+
+
+def check(name: str, params: dict) -> None:
+    """Raise DatasetError unless every parameter is known, of its type and within its bounds,
+    and the whole stays under MAX_VALUES."""
+    bounds = BOUNDS[name]
+    for key, value in params.items():
+        if key not in bounds:
+            raise DatasetError(f"dataset {name!r} has no parameter {key!r}; it takes "
+                               f"{sorted(bounds)}")
+        types, low, high = bounds[key]
+        if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
+            raise DatasetError(f"dataset {name!r}: {key}={value!r} is outside {low}..{high}")
+    values = _values(name, params)
+    if values > MAX_VALUES:
+        raise DatasetError(f"dataset {name!r} would hold {values:,} values, over the limit of "
+                           f"{MAX_VALUES:,}")
+
 
 def load(spec: dict | bytes | str) -> Dataset:
     """Build the dataset a spec names: a dict, or its JSON as stored in the ``dataset`` collection."""
@@ -99,7 +136,5 @@ def load(spec: dict | bytes | str) -> Dataset:
     if not isinstance(spec, dict) or spec.get("name") not in CATALOG:
         raise DatasetError(f"unknown dataset {spec!r}; the catalog has {sorted(CATALOG)}")
     params = {k: v for k, v in spec.items() if k != "name"}
-    try:
-        return CATALOG[spec["name"]](**params)
-    except TypeError as err:
-        raise DatasetError(f"bad parameters for dataset {spec['name']!r}: {err}") from err
+    check(spec["name"], params)
+    return CATALOG[spec["name"]](**params)

@@ -2,6 +2,7 @@
 
     <export-dir>/
       export.json                  which model the directory holds (written once, atomically)
+      .writer.lock                 flock of the one process that writes here (shared.dirlock)
       checkpoints/checkpoint       state file: the commit point for checkpoints, written last
       checkpoints/model.ckpt-<step>.index | .data-NNNNN-of-NNNNN | .meta
       savedmodels/<step>/          one committed SavedModel per integer name (TF Serving layout),
@@ -51,14 +52,16 @@ SAVEDMODELS = "savedmodels"
 EVENTS = "events"
 MANIFEST = "export.json"
 STATE_FILE = "checkpoint"
+LOCK_FILE = ".writer.lock"  # held (flock) by the one process that writes here: shared.dirlock
 COMMIT_FILE = "commit.json"  # in a SavedModel: {"committed_at": <the writer's time.time()>}
 CHECKPOINT_BASENAME = "model.ckpt"
 STAGING_PREFIX = TEMP_PREFIX  # staging dirs and atomic-write temp files alike
 
 # [0-9], never \d or str.isdigit(): those accept "²" or "٣", which int() then rejects or reads.
 _CHECKPOINT_NAME = re.compile(r"^model\.ckpt-([0-9]+)\Z")
+# group 3: the ".tmp<hex>" of a file TF was writing (``file_io.atomic_write_string_to_file``)
 _CHECKPOINT_FILE = re.compile(
-    r"^(model\.ckpt-[0-9]+)(\.index|\.meta|\.data-[0-9]{5}-of-[0-9]{5})\Z")
+    r"^(model\.ckpt-[0-9]+)(\.index|\.meta|\.data-[0-9]{5}-of-[0-9]{5})(\.tmp[0-9a-f]+)?\Z")
 _DATA_SHARD = re.compile(r"\.data-([0-9]{5})-of-([0-9]{5})\Z")
 _VERSION_DIR = re.compile(r"[0-9]+\Z")  # \Z: "$" would let a trailing newline through
 
@@ -208,6 +211,24 @@ def is_commit_path(root: Path, path: str | os.PathLike) -> bool:
     return path.parent == savedmodels_dir(root) and is_version_name(path.name)
 
 
+def check_confined(version: Version) -> None:
+    """Raise LayoutError if any file of ``version`` is a symlink or lies outside its export dir:
+    a reader loads what the writer put there, never what a link points to."""
+    root = version.path.parent.parent.resolve()
+    if version.kind == "savedmodel":
+        entries = [version.path]
+        for dirpath, dirnames, filenames in os.walk(version.path):
+            entries += [Path(dirpath) / name for name in dirnames + filenames]
+    else:
+        entries = [p for p in version.path.parent.glob(f"{version.path.name}.*")
+                   if _CHECKPOINT_FILE.match(p.name)]
+    for path in entries:
+        if path.is_symlink():
+            raise LayoutError(f"{path} is a symlink; a version's files must be its own")
+    if not version.path.parent.resolve().is_relative_to(root):
+        raise LayoutError(f"{version.path} resolves outside its export dir {root}")
+
+
 def checkpoint_is_complete(prefix: Path) -> bool:
     """All files of a checkpoint are present: index, meta, and every data shard."""
     prefix = Path(prefix)
@@ -276,16 +297,23 @@ def discard_dir(path: Path) -> None:
 
 
 def remove_checkpoint_files(prefix: Path) -> None:
-    for path in Path(prefix).parent.glob(f"{Path(prefix).name}.*"):
-        if _CHECKPOINT_FILE.match(path.name):
+    """Every file of checkpoint ``prefix``, with whatever TF left half-written for it: its temp
+    files and the Saver's ``<prefix>_temp`` shard directory."""
+    prefix = Path(prefix)
+    for path in prefix.parent.glob(f"{prefix.name}[._]*"):
+        match = _CHECKPOINT_FILE.match(path.name)
+        if match and match.group(1) == prefix.name:
             path.unlink(missing_ok=True)
+        elif path.name.startswith(f"{prefix.name}_temp") and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_leftovers(root: Path) -> list[Path]:
     """Remove what a crash left half-written; returns what was removed.
 
-    That is: staging directories and temp files, Saver's ``*_temp`` shard directories, and
-    checkpoint files newer than the newest committed checkpoint (written, never committed).
+    That is: staging directories and temp files, Saver's ``*_temp`` shard directories, TF's
+    temp files, and checkpoint files newer than the newest committed checkpoint (written, never
+    committed).
     """
     removed: list[Path] = []
     for parent in (savedmodels_dir(root), checkpoints_dir(root), Path(root)):
@@ -301,7 +329,7 @@ def clean_leftovers(root: Path) -> list[Path]:
     if checkpoints_dir(root).is_dir():
         for path in checkpoints_dir(root).iterdir():
             match = _CHECKPOINT_FILE.match(path.name)
-            if match and checkpoint_step(match.group(1)) > newest_step:
+            if match and (match.group(3) or checkpoint_step(match.group(1)) > newest_step):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed

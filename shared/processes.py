@@ -34,9 +34,12 @@ def event_time(event: dict) -> float:
 class Process:
     """A running child whose JSON log lines are parsed on a reader thread."""
 
-    def __init__(self, module: str, *args, on_event: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, module: str, *args, on_event: Callable[[dict], None] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
+        """``preexec_fn`` runs in the child before it starts: a test sets a resource limit."""
         self.popen = subprocess.Popen(command(module, *args), cwd=REPO, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env())
+                                      stderr=subprocess.PIPE, text=True, env=env(),
+                                      preexec_fn=preexec_fn)
         self.events: list[dict] = []
         self.stderr = ""
         self._on_event = on_event

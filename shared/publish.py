@@ -19,13 +19,38 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from shared import contract, durable, layout
+from shared import contract, durable, layout, logs
 from shared.tfcompat import tf, v1
 
 from tensorflow.core.protobuf import saved_model_pb2
 
 if TYPE_CHECKING:  # the consumer publishes too, and must not import model code
     from shared.models import ServingGraph
+
+log = logs.get("publish")
+
+
+# What a write to a full, failing or read-only disk raises: OSError from Python, and from TF's
+# own file I/O an OpError (EFBIG and ENOSPC come back as OutOfRangeError or ResourceExhausted).
+WRITE_ERRORS = (OSError, tf.errors.OpError)
+
+
+class PublishError(Exception):
+    """A version could not be written. What was staged for it is removed, and every committed
+    version is as it was."""
+
+    def __init__(self, kind: str, step: int, error: BaseException) -> None:
+        self.kind, self.step, self.reason = kind, step, describe(error)
+        super().__init__(f"{kind} {step} could not be written: {self.reason}")
+
+
+def describe(error: BaseException) -> str:
+    """One line for an I/O error, from Python or from TensorFlow."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{type(error).__name__}: {error.strerror}{where}"
+    message = getattr(error, "message", None) or str(error)
+    return f"{type(error).__name__}: {(message.strip().splitlines() or [''])[0][:300]}"
 
 
 class Publisher:
@@ -60,34 +85,50 @@ class Publisher:
 
     def save_checkpoint(self, session: tf.compat.v1.Session, step: int) -> Path | None:
         """Publish a checkpoint of ``session`` at ``step``; None if ``step`` is committed already.
-        A committed version is never written over: a reader may be loading it right now."""
+        A committed version is never written over: a reader may be loading it right now.
+        Raises PublishError if it cannot be written; what it wrote is removed then."""
         prefix = layout.checkpoint_prefix(self.root, step)
-        if any(name == prefix.name for name, _ in self._entries):
+        if prefix.name in self._names():
             return None
-        with self.graph.as_default():  # outside it, Saver takes TF2's eager path
-            self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
-            self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
-        durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
-        durable.fsync_dir(prefix.parent)  # the Saver's renames of the data into place
         entries = [e for e in self._entries if e[0] != prefix.name] + [(prefix.name, None)]
         kept = entries[-self.keep_checkpoints:] if self.keep_checkpoints else entries
-        # the commit: from here on, a version
-        self._entries = layout.write_checkpoint_state(self.root, kept)
+        try:
+            with self.graph.as_default():  # outside it, Saver takes TF2's eager path
+                self.saver.save(session, str(prefix), write_meta_graph=False, write_state=False)
+                self.saver.export_meta_graph(f"{prefix}.meta", strip_default_attrs=True)
+            durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
+            durable.fsync_dir(prefix.parent)  # the Saver's renames of the data into place
+            # the commit: from here on, a version
+            self._entries = layout.write_checkpoint_state(self.root, kept)
+        except WRITE_ERRORS as err:
+            self._entries = layout.read_checkpoint_entries(self.root)
+            if prefix.name not in self._names():  # failed before its commit: nothing to keep
+                layout.remove_checkpoint_files(prefix)
+                raise PublishError("checkpoint", step, err) from None
         for name, _ in entries[:len(entries) - len(kept)]:
-            self._retire_checkpoint(self.root / layout.CHECKPOINTS / name)
+            self._retire(layout.remove_checkpoint_files, self.root / layout.CHECKPOINTS / name,
+                         keep_every=True)
         return prefix
 
-    def _retire_checkpoint(self, prefix: Path) -> None:
-        """Delete a checkpoint that left the state file, unless it is one kept every N hours."""
-        if self._next_keep_time is not None:
+    def _names(self) -> list[str]:
+        return [name for name, _ in self._entries]
+
+    def _retire(self, remove: Callable[[Path], None], path: Path,
+                keep_every: bool = False) -> None:
+        """Delete a version that left the listing, unless it is a checkpoint kept every N hours.
+        A failure here is only logged: the commit before it stands."""
+        if keep_every and self._next_keep_time is not None:
             try:
-                saved_at = Path(f"{prefix}.index").stat().st_mtime
+                saved_at = Path(f"{path}.index").stat().st_mtime
             except FileNotFoundError:
                 return
             if saved_at >= self._next_keep_time:
                 self._next_keep_time += self._keep_every
                 return
-        layout.remove_checkpoint_files(prefix)
+        try:
+            remove(path)
+        except OSError as err:
+            log.warning("retention_failed", path=str(path), error=describe(err))
 
     # -- SavedModels -------------------------------------------------------------------------
 
@@ -103,32 +144,42 @@ class Publisher:
         final = layout.savedmodel_path(self.root, step)
         if final.exists():
             return None
-        staging = layout.staging_dir(self.root, step)
+        staging = None
         try:
-            with tempfile.TemporaryDirectory(prefix=layout.STAGING_PREFIX,
-                                             dir=staging.parent) as scratch:
-                builder = v1.saved_model.Builder(str(staging))
-                with self.graph.as_default():
-                    builder.add_meta_graph_and_variables(
-                        session, [contract.TRAIN_TAG], saver=self.saver, strip_default_attrs=True)
-                if serving is not None:
-                    served = serving(Path(scratch))
-                    with served.graph.as_default():
-                        builder.add_meta_graph(
-                            [contract.SERVE_TAG], signature_def_map=served.signature_def_map,
-                            assets_collection=served.assets_collection, main_op=served.main_op,
-                            strip_default_attrs=True, saver=_variables_saver(served.graph))
-                builder.save()
-            if serve_from is not None:
-                _copy_serve_meta_graph(Path(serve_from), staging)
+            staging = layout.staging_dir(self.root, step)
+            self._build_savedmodel(session, staging, serving, serve_from)
             layout.commit_dir(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        except BaseException as err:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            if not isinstance(err, WRITE_ERRORS):
+                raise
+            if not final.exists():  # else it failed after its commit (a last fsync): it stands
+                raise PublishError("savedmodel", step, err) from None
         if self.keep_exports:
             for old in layout.savedmodel_versions(self.root)[:-self.keep_exports]:
-                layout.discard_dir(old.path)
+                self._retire(layout.discard_dir, old.path)
         return final
+
+    def _build_savedmodel(self, session: tf.compat.v1.Session, staging: Path,
+                          serving: Callable[[Path], ServingGraph] | None,
+                          serve_from: Path | None) -> None:
+        with tempfile.TemporaryDirectory(prefix=layout.STAGING_PREFIX,
+                                         dir=staging.parent) as scratch:
+            builder = v1.saved_model.Builder(str(staging))
+            with self.graph.as_default():
+                builder.add_meta_graph_and_variables(
+                    session, [contract.TRAIN_TAG], saver=self.saver, strip_default_attrs=True)
+            if serving is not None:
+                served = serving(Path(scratch))
+                with served.graph.as_default():
+                    builder.add_meta_graph(
+                        [contract.SERVE_TAG], signature_def_map=served.signature_def_map,
+                        assets_collection=served.assets_collection, main_op=served.main_op,
+                        strip_default_attrs=True, saver=_variables_saver(served.graph))
+            builder.save()
+        if serve_from is not None:
+            _copy_serve_meta_graph(Path(serve_from), staging)
 
 
 def _variables_saver(graph: tf.Graph) -> v1.train.Saver:

@@ -8,9 +8,10 @@ from shared import layout
 from shared.processes import REPO, Process, command, env  # noqa: F401 - re-exported for tests
 
 
-def run(module: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(module: str, *args, timeout: float = 300,
+        preexec_fn=None) -> subprocess.CompletedProcess:
     return subprocess.run(command(module, *args), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env())
+                          timeout=timeout, env=env(), preexec_fn=preexec_fn)
 
 
 class LinearVersions:
