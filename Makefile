@@ -1,14 +1,21 @@
 # Every target bootstraps .venv/ on first use: a fresh clone needs only python3 and make.
+# `make help` lists the targets: each one's line below carries its `## description`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 EXPORT ?= exports
+WORK ?= work
+TB_PORT ?= 6006
+KILLS ?= 300
 
-.PHONY: install tools producer consumer serve demo test soak inspect bench clean
+.PHONY: help install tools producer consumer serve demo tensorboard test soak inspect bench clean
 
-install: $(STAMP)
+help: ## list the targets (variables: ARGS, EXPORT, WORK, TB_PORT, KILLS)
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## (.*)/  \1\t\2/' | expand -t 16
+
+install: $(STAMP) ## create .venv/ with every pinned dependency
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,37 +23,39 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-producer: $(STAMP)
+producer: $(STAMP) ## train and publish versions into EXPORT (ARGS="--model mlp ...")
 	$(PY) -m producer $(ARGS)
 
-consumer: $(STAMP)
+consumer: $(STAMP) ## watch EXPORT and evaluate or keep training each version (ARGS=...)
 	$(PY) -m consumer $(ARGS)
 
-serve: $(STAMP)
+serve: $(STAMP) ## serve each new version over TF Serving's REST API on 127.0.0.1:8501
 	$(PY) -m consumer --mode serve $(ARGS)
 
-demo: $(STAMP)
+demo: $(STAMP) ## the whole handoff end to end: producer, consumers, a server, a summary
 	$(PY) scripts/demo.py $(ARGS)
 
-inspect: $(STAMP)
+tensorboard: $(STAMP) ## training curves (EXPORT/events) beside eval curves (WORK/eval)
+	$(PY) -m tensorboard.main --logdir_spec train:$(EXPORT)/events,eval:$(WORK)/eval \
+		--host 127.0.0.1 --port $(TB_PORT) $(ARGS)
+
+inspect: $(STAMP) ## show what the versions in EXPORT hold, part by part
 	$(PY) -m shared.inspect $(EXPORT) $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) ## benchmarks against baselines; writes docs/BENCHMARKS.md (ARGS=--quick)
 	$(PY) -m bench $(ARGS)
 
 # strace lets a test check the order of fsync and rename calls; installed where it is missing.
-tools:
+tools: ## install strace if missing (for the fsync-order test)
 	@command -v strace >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq >/dev/null && apt-get install -y -qq strace >/dev/null; } || \
 		echo "strace could not be installed: the fsync-order test will be skipped"
 
-test: $(STAMP) tools
+test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; about 4 minutes
 	$(PY) -m pytest $(ARGS)
 
-# the chaos test as a long soak: the producer killed with -9 KILLS times in a row
-KILLS ?= 300
-soak: $(STAMP)
+soak: $(STAMP) ## the chaos test as a soak: the producer killed with -9 KILLS times in a row
 	CHAOS_KILLS=$(KILLS) $(PY) -m pytest -s tests/test_chaos.py
 
-clean:
+clean: ## remove .venv/, exports/, work/ and caches
 	rm -rf $(VENV) exports work .pytest_cache

@@ -132,9 +132,9 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
         imported = ImportedGraph(graph, key, meta_graph.saver_def, meta_graph, config)
         phases["import"] = time.perf_counter() - mark
         if tag == contract.TRAIN_TAG:
-            imported.training = contract.read_training(graph)
+            imported.training = contract.read_training(graph, version.root)
             return imported
-        imported.serving = contract.read_serving(graph, meta_graph)
+        imported.serving = contract.read_serving(graph, meta_graph, version.root)
         if purpose == SERVE:  # parsed once per graph here, not on every request
             imported.signatures = {name: tensors.Signature.from_proto(proto)
                                    for name, proto in meta_graph.signature_def.items()}
@@ -143,7 +143,7 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
     if saver is None:
         raise contract.ContractError("meta graph has no variables to restore")
     imported = ImportedGraph(graph, key, saver.saver_def, config=config)
-    imported.training = contract.read_training(graph)
+    imported.training = contract.read_training(graph, version.root)
     phases["import"] = time.perf_counter() - mark
     mark = time.perf_counter()
     imported.restore(session, version)

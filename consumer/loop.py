@@ -20,8 +20,9 @@ from consumer import evaluate, loader, train
 from consumer.manager import Manager
 from consumer.metrics import ServingMetrics
 from consumer.source import VersionSource
+from consumer.summaries import EvalSummaries
 from shared import layout, logs
-from shared.publish import PublishError, describe
+from shared.publish import WRITE_ERRORS, PublishError, describe
 
 log = logs.get("consumer")
 
@@ -76,6 +77,7 @@ class Consumer:
         self.refused: set[Path] = set()  # broken or gated versions: never tried again
         self._refusal = ""  # why the last refused version was refused
         self.publish_failures = 0  # in a row, in train mode
+        self.summaries = EvalSummaries(config.work_dir)
         self.stats = Stats()
 
     @property
@@ -120,6 +122,7 @@ class Consumer:
                     break
         finally:
             self.source.close()
+            self.summaries.close()
             if self._owns_manager:
                 last = self.live
                 self.manager.close()
@@ -209,10 +212,7 @@ class Consumer:
             # serve mode scored the version at its gate already; evaluate mode scores it now
             metrics = live.metrics if live.metrics is not None else evaluate.evaluate(live)
             log.info("evaluated", step=live.version.step, source=live.version.kind, **metrics)
-            try:
-                evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
-            except OSError as err:  # a full disk: the evaluation stands in the log
-                log.warning("record_failed", step=live.version.step, error=describe(err))
+            self._record(live, metrics)
             return
         result = train.continue_training(live, self.config.train_steps, self.stop)
         if result is None:
@@ -220,6 +220,19 @@ class Consumer:
             return
         log.info("trained", **result)
         self._publish(live, result["end_step"])
+
+    def _record(self, live: loader.Loaded, metrics: dict[str, float]) -> None:
+        """evaluations.jsonl and the TensorBoard scalars; a failure (a full disk) is logged, and
+        the evaluation stands in the log."""
+        step = live.version.step
+        try:
+            evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
+        except OSError as err:
+            log.warning("record_failed", step=step, error=describe(err))
+        try:
+            self.summaries.write(step, metrics)
+        except WRITE_ERRORS as err:
+            log.warning("record_failed", step=step, error=describe(err), to="tensorboard")
 
     def _publish(self, live: loader.Loaded, step: int) -> None:
         """Train mode's versions, into the work dir. A failure is logged and the next version

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from consumer.loader import Loaded
-from shared import layout
+from shared import durable, layout
 from shared.publish import Publisher
 
 
@@ -39,6 +39,11 @@ def publish(loaded: Loaded, work_dir: Path, step: int,
     The work dir is claimed for ``model`` here, when a version names it, not at start, when the
     export dir may not even exist yet."""
     layout.claim(work_dir, model)
+    for relative in loaded.dataset.files:  # a file-backed dataset's data goes with its versions
+        target = work_dir / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            durable.write_atomic(target, (loaded.version.root / relative).read_bytes())
     if loaded.imported.publisher is None:  # one per graph: each would add a Saver's ops to it
         loaded.imported.publisher = Publisher(work_dir, loaded.graph)
     publisher = loaded.imported.publisher

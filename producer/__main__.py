@@ -40,7 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logs.configure(args.log_format)
+    if logs.configure(args.log_format) == "console" and sys.stdout.isatty():
+        from producer import progress
+
+        progress.install()  # one live line for a person; JSON stays event for event
     stop = cli.stop_on_signals()
 
     try:

@@ -137,6 +137,7 @@ def main() -> int:
     print(f"  exit codes:         producer {producer_code}, consumer {consumer_code}, "
           f"server {server_code}")
     print(f"  evaluations:        {work / 'evaluations.jsonl'}")
+    print(f"  curves:             make tensorboard EXPORT={exports} WORK={work}")
     ok = (producer_code == consumer_code == server_code == 0 and loaded and not client.failures
           and client.versions and client.versions[-1] == args.steps)
     return 0 if ok else 1

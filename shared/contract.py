@@ -8,6 +8,7 @@ built by anyone that follows docs/CONTRACT.md reads the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared import datasets
 from shared.tfcompat import tf, v1
@@ -55,11 +56,12 @@ def attach_training(features: tf.Tensor, labels: tf.Tensor, metrics: list[tf.Ten
     attach_dataset(dataset)
 
 
-def read_dataset(graph: tf.Graph) -> datasets.Dataset:
+def read_dataset(graph: tf.Graph, root: Path | None = None) -> datasets.Dataset:
+    """The dataset the graph names; ``root``, its export dir, holds a file-backed one's data."""
     specs = graph.get_collection(DATASET)
     if len(specs) != 1:
         raise ContractError(f"collection {DATASET!r} must hold one JSON value, found {len(specs)}")
-    return datasets.load(specs[0])
+    return datasets.load(specs[0], root)
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Training:
     dataset: datasets.Dataset
 
 
-def read_training(graph: tf.Graph) -> Training:
+def read_training(graph: tf.Graph, root: Path | None = None) -> Training:
     feeds = graph.get_collection(FEED_DICT)
     if len(feeds) != 2:
         raise ContractError(f"collection {FEED_DICT!r} must hold [features, labels], "
@@ -88,7 +90,19 @@ def read_training(graph: tf.Graph) -> Training:
     global_step = v1.train.get_global_step(graph)
     if global_step is None:
         raise ContractError("graph has no global step")
-    return Training(feeds[0], feeds[1], metrics, train_ops[0], global_step, read_dataset(graph))
+    return Training(feeds[0], feeds[1], metrics, train_ops[0], global_step,
+                    read_dataset(graph, root))
+
+
+@dataclass
+class ServingGraph:
+    """An inference-only graph and what ``Builder.add_meta_graph`` needs to save it: a writer
+    hands one to ``Publisher.export_savedmodel`` for the ``serve`` tag."""
+
+    graph: tf.Graph
+    signature_def_map: dict  # at least SIGNATURE_KEY: features in, the dataset's output out
+    assets_collection: list  # asset file tensors, e.g. a vocabulary; may be empty
+    main_op: tf.Operation | None  # run after restore, e.g. to fill lookup tables
 
 
 @dataclass
@@ -100,11 +114,11 @@ class Serving:
     dataset: datasets.Dataset
 
 
-def read_serving(graph: tf.Graph, meta_graph_def) -> Serving:
+def read_serving(graph: tf.Graph, meta_graph_def, root: Path | None = None) -> Serving:
     signature = meta_graph_def.signature_def.get(SIGNATURE_KEY)
     if signature is None:
         raise ContractError(f"meta graph has no {SIGNATURE_KEY!r} signature")
-    dataset = read_dataset(graph)
+    dataset = read_dataset(graph, root)
     # Protobuf message maps insert a default on a missing key, so ask first.
     if INPUT_KEY not in signature.inputs or dataset.output_key not in signature.outputs:
         raise ContractError(f"signature {SIGNATURE_KEY!r} needs input {INPUT_KEY!r} and "

@@ -93,10 +93,15 @@ class Version:
                 pass
         return self.ctime
 
+    @property
+    def root(self) -> Path:
+        """The export dir it was published into."""
+        return self.path.parent.parent
+
     def still_committed(self) -> bool:
         """Whether the listing still holds this version. One that left it (retention) was
         superseded: a load that failed on it says nothing about whether it was broken."""
-        return any(v.path == self.path for v in versions(self.path.parent.parent, self.kind))
+        return any(v.path == self.path for v in versions(self.root, self.kind))
 
 
 # -- paths -------------------------------------------------------------------------------------
@@ -214,7 +219,7 @@ def is_commit_path(root: Path, path: str | os.PathLike) -> bool:
 def check_confined(version: Version) -> None:
     """Raise LayoutError if any file of ``version`` is a symlink or lies outside its export dir:
     a reader loads what the writer put there, never what a link points to."""
-    root = version.path.parent.parent.resolve()
+    root = version.root.resolve()
     if version.kind == "savedmodel":
         entries = [version.path]
         for dirpath, dirnames, filenames in os.walk(version.path):

@@ -16,8 +16,9 @@ import structlog
 FORMATS = ("console", "json")
 
 
-def configure(fmt: str | None = None, stream: TextIO | None = None) -> None:
-    """Send all logs to ``stream`` (stdout) as ``fmt``; None picks console on a TTY, else JSON."""
+def configure(fmt: str | None = None, stream: TextIO | None = None) -> str:
+    """Send all logs to ``stream`` (stdout) as ``fmt``; None picks console on a TTY, else JSON.
+    Returns the format chosen."""
     stream = stream or sys.stdout
     if fmt is None:
         fmt = "console" if stream.isatty() else "json"
@@ -50,6 +51,7 @@ def configure(fmt: str | None = None, stream: TextIO | None = None) -> None:
         foreign.handlers[:] = []
         foreign.propagate = True
         foreign.setLevel(logging.ERROR)
+    return fmt
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

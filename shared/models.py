@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from shared import contract, datasets
+from shared.contract import ServingGraph
 from shared.tfcompat import tf, v1
 
 
@@ -99,17 +100,8 @@ def build_training_graph(spec: ModelSpec, dataset: datasets.Dataset, seed: int) 
     return graph
 
 
-@dataclass
-class ServingGraph:
-    """An inference-only graph and what ``Builder.add_meta_graph`` needs to save it."""
-
-    graph: tf.Graph
-    signature_def_map: dict
-    assets_collection: list
-    main_op: tf.Operation | None
-
-
-def build_serving_graph(spec: ModelSpec, dataset: datasets.Dataset, assets_dir: Path) -> ServingGraph:
+def build_serving_graph(spec: ModelSpec, dataset: datasets.Dataset,
+                        assets_dir: Path) -> ServingGraph:
     """Forward pass only: no labels, loss, optimizer or gradients. Classifiers also return class
     names read from ``labels.txt``, an asset copied into the SavedModel."""
     graph = tf.Graph()

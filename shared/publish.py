@@ -17,15 +17,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from shared import contract, durable, layout, logs
+from shared.contract import ServingGraph
 from shared.tfcompat import tf, v1
 
 from tensorflow.core.protobuf import saved_model_pb2
-
-if TYPE_CHECKING:  # the consumer publishes too, and must not import model code
-    from shared.models import ServingGraph
 
 log = logs.get("publish")
 

@@ -361,3 +361,59 @@ def test_a_state_file_rewritten_in_place_is_noticed_without_the_rescan(poll, tmp
         running.wait_loaded(2000, timeout=10)
     finally:
         running.close()
+
+
+def test_make_tensorboard_serves_training_and_evaluation_curves_side_by_side(tmp_path,
+                                                                           linear_export):
+    """The eval scalars land at each version's global step, under the training summaries' tag."""
+    import json
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from tensorflow.python.summary.summary_iterator import summary_iterator
+
+    root, work = tmp_path / "exports", tmp_path / "work"
+    shutil.copytree(linear_export.root, root)
+    running = Running(Config(export_dir=root, work_dir=work, source="checkpoint",
+                             mode=loader.EVALUATE, until_step=2000))
+    running.thread.join(timeout=60)
+    evaluated = [v for e in summary_iterator(str(next((work / "eval").glob("events.*"))))
+                 for v in e.summary.value]
+    assert [v.tag for v in evaluated] == ["loss"]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(["make", "-s", "tensorboard", f"EXPORT={root}", f"WORK={work}",
+                               f"TB_PORT={port}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                runs = get("/data/runs")
+                if len(runs) == 2:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stderr.read()
+            assert time.monotonic() < deadline, "tensorboard never served both runs"
+            time.sleep(0.5)
+        train = get("/data/plugin/scalars/scalars?run=train/.&tag=loss")
+        evaluation = get("/data/plugin/scalars/scalars?run=eval/.&tag=loss")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert sorted(runs) == ["eval/.", "train/."]
+    assert len(train) > 1 and train[-1][1] <= 2000  # [wall time, step, value]
+    assert [point[1] for point in evaluation] == [2000]
+    recorded = json.loads((work / "evaluations.jsonl").read_text())
+    assert evaluation[0][2] == pytest.approx(recorded["loss"], rel=1e-6)

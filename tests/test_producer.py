@@ -1,7 +1,14 @@
 """The producer on real TensorFlow and real files: convergence, the contract, both tags, CLI."""
 
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 
 import numpy as np
 import pytest
@@ -223,3 +230,46 @@ def test_a_committed_checkpoint_is_never_written_over(tmp_path):
     assert [(p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files] == before
     assert restarted.save_checkpoint(versions.session, 6) is not None  # a new step still saves
     versions.close()
+
+
+def _run_on_a_terminal(*args) -> tuple[int, str]:
+    """The producer with a real pseudo-terminal (120 columns) as its stdout and stderr; what a
+    person would see, with the ANSI control sequences taken out."""
+    from tests.helpers import env
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    child = subprocess.Popen([sys.executable, "-m", "producer", *map(str, args)], cwd=REPO,
+                             stdout=slave, stderr=slave, env=env())
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return child.wait(timeout=60), re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", out).decode()
+
+
+def test_a_terminal_gets_one_progress_line_and_json_stays_event_for_event(tmp_path):
+    args = ("--model", "mlp", "--steps", 1500, "--checkpoint-every", 100, "--export-every", 500,
+            "--log-every", 5)
+    code, screen = _run_on_a_terminal("--export-dir", tmp_path / "tty", *args)
+    assert code == 0, screen
+    line = re.compile(r"1500/1500 ━+ [\d,]+/s 0:00:00 loss [\d.]+ +accuracy [\d.]+ "
+                      r"→ ckpt 1500 sm 1500")
+    assert line.search(screen), screen[-2000:]
+    for event in ("training_started", "model_exported", "training_finished"):
+        assert event in screen  # what matters prints above the line...
+    assert "checkpoint_saved" not in screen and "train_progress" not in screen  # ...not routine
+
+    result = run("producer", "--export-dir", tmp_path / "json", *args)  # not a TTY: JSON
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert events.count("checkpoint_saved") == 15 and events.count("model_exported") == 3
+    assert events.count("train_progress") == 6 and events[0] == "training_started"
+    assert events[-1] == "training_finished" and "━" not in result.stdout
