@@ -10,7 +10,7 @@ WORK ?= work
 TB_PORT ?= 6006
 KILLS ?= 300
 
-.PHONY: help install tools producer consumer serve demo tensorboard test soak inspect bench clean
+.PHONY: help install tools producer consumer serve demo cluster tensorboard test soak inspect bench clean
 
 help: ## list the targets (variables: ARGS, EXPORT, WORK, TB_PORT, KILLS)
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## (.*)/  \1\t\2/' | expand -t 16
@@ -34,6 +34,9 @@ serve: $(STAMP) ## serve each new version over TF Serving's REST API on 127.0.0.
 
 demo: $(STAMP) ## the whole handoff end to end: producer, consumers, a server, a summary
 	$(PY) scripts/demo.py $(ARGS)
+
+cluster: $(STAMP) ## one ps and two workers on localhost train; a consumer evaluates the chief's versions
+	$(PY) scripts/cluster.py $(ARGS)
 
 tensorboard: $(STAMP) ## training curves (EXPORT/events) beside eval curves (WORK/eval)
 	$(PY) -m tensorboard.main --logdir_spec train:$(EXPORT)/events,eval:$(WORK)/eval \

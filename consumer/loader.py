@@ -128,7 +128,10 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
     mark = time.perf_counter()
     if version.kind == "savedmodel":
         # The SavedModel loader imports and restores in one call; its restore is not split out.
-        meta_graph = v1.saved_model.loader.load(session, [tag], str(version.path))
+        # Devices are cleared on both paths: a cluster's training graph names /job:ps tasks
+        # that do not exist here.
+        meta_graph = v1.saved_model.loader.load(session, [tag], str(version.path),
+                                                clear_devices=True)
         imported = ImportedGraph(graph, key, meta_graph.saver_def, meta_graph, config)
         phases["import"] = time.perf_counter() - mark
         if tag == contract.TRAIN_TAG:

@@ -94,7 +94,8 @@ class Consumer:
         # take it out of the collector's view, so the per-version collect below costs ~1 ms,
         # not ~130 ms.
         gc.freeze()
-        self._clean_work_dir()
+        if self.config.mode == loader.TRAIN:  # it writes there, and holds the dir's lock
+            self._clean_work_dir()
         try:
             while not self.stop.is_set():
                 version = self.source.next_version(self._wanted, self.stop)

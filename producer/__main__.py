@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from producer import cluster
 from shared import cli, dirlock, layout, logs
 
 PROG = "producer"
@@ -35,6 +37,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=cli.non_negative_int, default=0)
     parser.add_argument("--log-every", type=cli.positive_int, default=None, metavar="EPOCHS")
     parser.add_argument("--log-format", choices=logs.FORMATS, default=None)
+    tasks = parser.add_argument_group(
+        "cluster training (TensorFlow's ps/worker runtime; without these flags, TF_CONFIG)")
+    tasks.add_argument("--cluster", default=None, metavar="JSON|FILE",
+                       help='{"ps": ["host:port"], "worker": ["host:port", ...]}, or a file')
+    tasks.add_argument("--job", choices=cluster.JOBS, default=None,
+                       help="this task's job; worker 0 is the chief, which alone publishes")
+    tasks.add_argument("--task", type=cli.non_negative_int, default=None, metavar="N")
+    tasks.add_argument("--cluster-timeout", type=cli.positive_float, default=60.0,
+                       metavar="SECONDS", help="how long a worker waits for the ps tasks and "
+                                               "the chief, and for any one step")
     return parser.parse_args(argv)
 
 
@@ -47,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = cli.stop_on_signals()
 
     try:
-        layout.claim(args.export_dir, args.model)  # before TensorFlow loads: bad input fails fast
-        dirlock.hold(args.export_dir, PROG)
-    except (layout.LayoutError, dirlock.DirLocked) as err:
+        role = cluster.resolve(args.cluster, args.job, args.task)
+        if role is None or role.is_chief:  # the one process that writes the export dir
+            layout.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
+            dirlock.hold(args.export_dir, PROG)
+    except (cluster.ClusterError, layout.LayoutError, dirlock.DirLocked) as err:
         cli.fail(PROG, str(err))
 
     from producer import train
@@ -66,10 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         log_every_epochs=args.log_every or spec.log_every_epochs,
         max_publish_failures=args.max_publish_failures)
     try:
-        train.run(config, stop)
+        if role is None:
+            train.run(config, stop)
+            return 0
+        from producer import distributed
+
+        if role.job == "ps":
+            distributed.serve_ps(role, stop)
+        else:
+            distributed.train_worker(role, config, stop, args.cluster_timeout)
     except train.PublishGaveUp as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
         return 1
+    except cluster.ClusterFailure as err:
+        sys.stderr.write(f"{PROG}: error: {err}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A session bound to a dead task blocks forever in its close at interpreter exit.
+        # Every version is committed durably already; nothing is left to flush: leave now.
+        os._exit(1)
     return 0
 
 

@@ -6,6 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -31,24 +32,59 @@ class Config:
     max_publish_failures: int = 3
 
 
+def dataset_for(config: Config):
+    return datasets.load({"name": models.MODELS[config.model].dataset, "seed": config.seed})
+
+
+def clean(root: Path) -> None:
+    """What a crash left half-written, before anything is published."""
+    removed = layout.clean_leftovers(root)
+    if removed:
+        log.info("leftovers_removed", count=len(removed), paths=[str(p) for p in removed])
+
+
+def publisher_for(config: Config, graph) -> Publisher:
+    return Publisher(config.export_dir, graph, keep_checkpoints=config.keep_checkpoints,
+                     keep_checkpoint_every_hours=config.keep_checkpoint_every_hours,
+                     keep_exports=config.keep_exports)
+
+
+def serving_for(config: Config) -> Callable[[Path], models.ServingGraph]:
+    """Builds the ``serve`` tag's graph, fresh and without devices, for each SavedModel."""
+    spec, dataset = models.MODELS[config.model], dataset_for(config)
+    return lambda assets_dir: models.build_serving_graph(spec, dataset, assets_dir)
+
+
+def log_start(config: Config, restored: int | None, **fields) -> int:
+    """``training_started`` at step 0, or ``training_resumed`` at the restored step."""
+    step = 0 if restored is None else restored
+    log.info("training_started" if restored is None else "training_resumed", model=config.model,
+             step=step, target_step=config.steps, export_dir=str(config.export_dir), **fields)
+    return step
+
+
 class PublishGaveUp(Exception):
     """Publishing failed ``max_publish_failures`` times in a row, or at the end: exit 1."""
 
 
 class Schedule:
-    """Publishes a checkpoint every ``checkpoint_every`` steps and a SavedModel every
-    ``export_every``. A publish that fails (a full disk) is logged and tried again at the next
-    interval, while training goes on; after ``max_publish_failures`` in a row, or at the final
-    publish, it gives up."""
+    """Publishes a checkpoint each time the global step crosses a multiple of
+    ``checkpoint_every`` and a SavedModel each time it crosses one of ``export_every`` (alone,
+    the step passes each multiple; in a cluster, other workers may carry it past one). A publish
+    that fails (a full disk) is logged and tried again at the next crossing, while training goes
+    on; after ``max_publish_failures`` in a row, or at the final publish, it gives up."""
 
-    def __init__(self, publisher: Publisher, session, serving, config: Config) -> None:
+    def __init__(self, publisher: Publisher, session, serving, config: Config,
+                 start: int) -> None:
         self.publisher, self.session, self.serving, self.config = publisher, session, serving, config
         self.failures = 0  # in a row
+        self.last = start  # the step of the last check
 
     def due(self, step: int) -> None:
-        if step % self.config.checkpoint_every == 0:
+        last, self.last = self.last, step
+        if step // self.config.checkpoint_every > last // self.config.checkpoint_every:
             self._publish("checkpoint", step)
-        if step % self.config.export_every == 0:
+        if step // self.config.export_every > last // self.config.export_every:
             self._publish("savedmodel", step)
 
     def final(self, step: int) -> None:
@@ -81,38 +117,24 @@ def run(config: Config, stop: threading.Event) -> int:
     """Train ``config.model`` until the global step reaches ``config.steps`` or ``stop`` is set.
     Ends with a checkpoint and an export of the last step. Returns the final global step.
     The export dir must be claimed for the model (``layout.claim``) by the caller."""
-    spec = models.MODELS[config.model]
-    dataset = datasets.load({"name": spec.dataset, "seed": config.seed})
+    spec, dataset = models.MODELS[config.model], dataset_for(config)
     root = config.export_dir
-    removed = layout.clean_leftovers(root)
-    if removed:
-        log.info("leftovers_removed", count=len(removed), paths=[str(p) for p in removed])
-
+    clean(root)
     graph = models.build_training_graph(spec, dataset, config.seed)
     model = contract.read_training(graph)  # we train through the contract, as any reader would
-    publisher = Publisher(root, graph, keep_checkpoints=config.keep_checkpoints,
-                          keep_checkpoint_every_hours=config.keep_checkpoint_every_hours,
-                          keep_exports=config.keep_exports)
+    publisher = publisher_for(config, graph)
     with graph.as_default():
         summaries = v1.summary.merge_all()
         figures = {v.op.name.split("/")[-1]: v for v in v1.trainable_variables()
                    if v.shape.rank == 0}  # scalar parameters, such as slope and intercept
         writer = v1.summary.FileWriter(str(layout.events_dir(root)), graph)
 
-    def serving(assets_dir: Path) -> models.ServingGraph:
-        return models.build_serving_graph(spec, dataset, assets_dir)
-
     with v1.Session(graph=graph) as session:
-        publish = Schedule(publisher, session, serving, config)
         step = publisher.restore_latest(session)
         if step is None:
             session.run(v1.global_variables_initializer())
-            step = 0
-            log.info("training_started", model=spec.name, step=0, target_step=config.steps,
-                     dataset=dataset.name, export_dir=str(root))
-        else:
-            log.info("training_resumed", model=spec.name, step=step, target_step=config.steps,
-                     export_dir=str(root))
+        step = log_start(config, step)
+        publish = Schedule(publisher, session, serving_for(config), config, start=step)
 
         epoch_metrics: list[dict] = []
         while step < config.steps and not stop.is_set():

@@ -86,10 +86,12 @@ def _metrics(outputs: tf.Tensor, labels: tf.Tensor, dataset: datasets.Dataset) -
         return [loss, tf.reduce_mean(correct, name="accuracy")]
 
 
-def build_training_graph(spec: ModelSpec, dataset: datasets.Dataset, seed: int) -> tf.Graph:
-    """The training graph with the full contract: global step, feeds, fetches, metrics, dataset."""
+def build_training_graph(spec: ModelSpec, dataset: datasets.Dataset, seed: int,
+                         device: Callable | str | None = None) -> tf.Graph:
+    """The training graph with the full contract: global step, feeds, fetches, metrics, dataset.
+    ``device`` places its ops, e.g. a ``replica_device_setter`` in a cluster."""
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), graph.device(device):
         graph.seed = seed
         global_step = v1.train.get_or_create_global_step()
         features, labels = _placeholders(dataset, with_labels=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,24 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on localhost now, for a local cluster (held open together, so all differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def local_cluster(workers: int = 2, ps: int = 1) -> str:
+    """A cluster spec on free localhost ports, as ``--cluster`` takes it."""
+    ports = [f"127.0.0.1:{port}" for port in free_ports(ps + workers)]
+    return json.dumps({"ps": ports[:ps], "worker": ports[ps:]})
 
 
 def command(module: str, *args) -> list[str]:

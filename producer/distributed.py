@@ -1,0 +1,156 @@
+"""Training on TensorFlow's own cluster runtime: parameter servers hold the variables, workers
+run steps asynchronously (between-graph replication), and worker 0, the chief, alone
+initializes or restores and publishes, through the same ``Publisher`` and commit protocol as a
+producer alone. Not ``CheckpointSaverHook``: it uses ``Saver.save``'s unsafe order.
+
+The training meta graphs keep the device strings TF gives them (``/job:ps/task:0``); a consumer
+clears them on import. The serving graph is built without devices.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from producer.cluster import ClusterFailure, Role
+from producer.train import (Config, Schedule, clean, dataset_for, log, log_start, publisher_for,
+                            serving_for)
+from shared import contract, models
+from shared.tfcompat import tf, v1
+
+# What a session run raises when a task of the cluster is gone or stops answering.
+LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+        tf.errors.CancelledError)
+
+
+def start_server(role: Role) -> v1.train.Server:
+    """This task's gRPC server, on its address's port (TF listens on every interface)."""
+    try:
+        return v1.train.Server(v1.train.ClusterSpec(role.cluster), job_name=role.job,
+                               task_index=role.task)
+    except tf.errors.OpError as err:
+        raise ClusterFailure(f"{role.name} cannot listen on {role.address}: {err.message} "
+                             "(is the port in use?)") from None
+
+
+def serve_ps(role: Role, stop: threading.Event) -> None:
+    """A parameter server: hold the variables until stopped."""
+    server = start_server(role)
+    log.info("ps_started", task=role.name, address=role.address, target=server.target)
+    stop.wait()
+    log.info("ps_stopped", task=role.name)
+
+
+def wait_for_ps(role: Role, timeout: float, stop: threading.Event) -> None:
+    """Block until every ps accepts connections, so startup order does not matter."""
+    deadline = time.monotonic() + timeout
+    for index, address in enumerate(role.cluster["ps"]):
+        host, port = address.rsplit(":", 1)
+        reported = False
+        while not stop.is_set():
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+                break
+            except OSError:
+                if not reported:
+                    log.info("waiting_for_ps", task=role.name, ps=f"ps/{index}", address=address,
+                             timeout_seconds=timeout)
+                    reported = True
+            if time.monotonic() > deadline:
+                raise ClusterFailure(f"ps/{index} at {address} did not answer within "
+                                     f"{timeout:g} s")
+            time.sleep(0.2)
+
+
+def train_worker(role: Role, config: Config, stop: threading.Event, timeout: float) -> int:
+    """One worker's share of the training, until the global step reaches ``config.steps``."""
+    cluster = v1.train.ClusterSpec(role.cluster)
+    server = start_server(role)
+    wait_for_ps(role, timeout, stop)
+    dataset = dataset_for(config)
+    device = v1.train.replica_device_setter(worker_device=f"/job:worker/task:{role.task}",
+                                            cluster=cluster)
+    graph = models.build_training_graph(models.MODELS[config.model], dataset, config.seed,
+                                        device=device)
+    model = contract.read_training(graph)
+    session_config = v1.ConfigProto(
+        # see only the ps tasks and itself: another worker's death must not block this one
+        device_filters=["/job:ps", f"/job:worker/task:{role.task}"],
+        operation_timeout_in_ms=int(timeout * 1000))  # a lost ps is an error, not a hang
+    with graph.as_default():
+        manager = v1.train.SessionManager(ready_op=v1.report_uninitialized_variables(),
+                                          graph=graph, recovery_wait_secs=0.2)  # not 30 s
+        init = v1.global_variables_initializer()
+    try:
+        if role.is_chief:
+            return _chief(role, config, stop, server, manager, init, graph, model,
+                          session_config, dataset)
+        session = manager.wait_for_session(server.target, config=session_config,
+                                           max_wait_secs=timeout)
+        if session is None:
+            raise ClusterFailure(f"the chief (worker/0) did not initialize the variables within "
+                                 f"{timeout:g} s")
+        log.info("worker_joined", task=role.name, step=int(session.run(model.global_step)))
+        step = _train(session, model, dataset, config, stop)
+        log.info("training_finished", task=role.name, step=step,
+                 reason="signal" if stop.is_set() else "steps_reached")
+        return step
+    except LOST as err:
+        log.error("cluster_lost", task=role.name, error=type(err).__name__, message=err.message)
+        raise ClusterFailure(f"{role.name} lost the cluster: {type(err).__name__}: "
+                             f"{_cause(err.message)}") from None
+
+
+def _cause(message: str) -> str:
+    """What was lost, in one line: TF leads with "Graph execution error", then says
+    "From /job:ps/replica:0/task:0:" and, on the next line, what went wrong."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("From /job:"):
+            detail = lines[index + 1] if index + 1 < len(lines) else ""
+            return f"{line[5:].rstrip(':')}: {detail}"[:300]
+    return (lines[-1] if lines else "")[:300]
+
+
+def _chief(role, config, stop, server, manager, init, graph, model, session_config, dataset):
+    clean(config.export_dir)
+    publisher = publisher_for(config, graph)
+    restored = {}
+
+    def init_or_restore(session) -> None:
+        """The newest committed checkpoint, or fresh variables: the ps may hold newer values
+        from before a crash, but only a commit counts."""
+        restored["step"] = publisher.restore_latest(session)
+        if restored["step"] is None:
+            session.run(init)
+
+    session = manager.prepare_session(server.target, init_fn=init_or_restore,
+                                      config=session_config)
+    step = log_start(config, restored["step"], task=role.name,
+                     workers=len(role.cluster["worker"]), ps=len(role.cluster["ps"]))
+    schedule = Schedule(publisher, session, serving_for(config), config, start=step)
+    step = _train(session, model, dataset, config, stop, schedule.due)
+    schedule.final(step)
+    log.info("training_finished", task=role.name, step=step,
+             reason="signal" if stop.is_set() else "steps_reached")
+    return step
+
+
+def _train(session, model, dataset, config: Config, stop: threading.Event,
+           at_step=lambda step: None) -> int:
+    """Steps until the global step, which every worker advances, reaches the target."""
+    logged = step = int(session.run(model.global_step))
+    while not stop.is_set():
+        at_step(step)
+        if step >= config.steps:
+            break
+        features, labels = dataset.batch(step)
+        metrics, _ = session.run([model.metrics, model.train_op],
+                                 {model.features: features, model.labels: labels})
+        step = int(session.run(model.global_step))
+        every = config.log_every_epochs * dataset.steps_per_epoch
+        if step // every > logged // every:
+            logged = step
+            log.info("train_progress", step=step, **{k: float(v) for k, v in metrics.items()})
+    return step

@@ -1,0 +1,138 @@
+"""The producer on TensorFlow's cluster runtime: real ps and worker processes on localhost, kill
+-9 of each kind of task, and a consumer that takes the chief's exports in a single process."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from consumer import evaluate, loader, train
+from producer import cluster
+from shared import layout
+from shared.processes import Process, local_cluster
+from tests.helpers import run
+
+
+def start(spec: str, job: str, task: int, *args) -> Process:
+    return Process("producer", "--cluster", spec, "--job", job, "--task", task, *args)
+
+
+def complete_versions_only(root) -> None:
+    for name in layout.read_checkpoint_state(root):
+        assert layout.checkpoint_is_complete(layout.checkpoints_dir(root) / name), name
+    for version in layout.savedmodel_versions(root):
+        assert layout.savedmodel_is_complete(version.path), version
+
+
+def test_a_cluster_trains_in_any_start_order_survives_a_worker_and_its_exports_load_anywhere(
+        tmp_path):
+    spec, root = local_cluster(workers=2), tmp_path / "exports"
+    args = ("--export-dir", root, "--steps", 3000, "--checkpoint-every", 100,
+            "--export-every", 500, "--log-every", 100)
+    workers = [start(spec, "worker", task, *args) for task in (0, 1)]  # before their ps
+    ps = None
+    try:
+        for worker in workers:
+            waiting = worker.wait_for(lambda e: e["event"] == "waiting_for_ps")
+            assert waiting["ps"] == "ps/0"  # it says which task it waits for
+        ps = start(spec, "ps", 0)
+        workers[1].wait_for(lambda e: e["event"] == "train_progress")
+        workers[1].kill()  # -9, mid-training: the chief goes on alone
+        assert workers[0].wait(timeout=120) == 0, workers[0].stderr
+        assert ps.terminate() == 0, ps.stderr  # a ps serves until it is stopped
+    finally:
+        for process in [*workers, ps]:
+            if process is not None:
+                process.kill()
+    assert workers[1].popen.returncode == -9
+    finished = workers[0].named("training_finished")[-1]
+    assert finished["step"] >= 3000 and finished["reason"] == "steps_reached"
+    assert workers[0].named("train_progress")[-1]["loss"] < 0.003  # the line is learned
+
+    complete_versions_only(root)
+    checkpoint, savedmodel = layout.latest_checkpoint(root), layout.latest_savedmodel(root)
+    assert "/job:ps/task:0" in (checkpoint.path.parent / f"{checkpoint.path.name}.meta"
+                                ).read_text(errors="replace")
+    assert b"/job:ps/task:0" in (savedmodel.path / "saved_model.pb").read_bytes()  # train tag
+    # One process with no cluster: devices are cleared on import, in both load paths.
+    for version in (checkpoint, savedmodel):
+        for purpose in (loader.EVALUATE, loader.TRAIN):
+            loaded = loader.load(version, purpose)
+            try:
+                assert evaluate.evaluate(loaded)["loss"] < 0.003
+                if purpose == loader.TRAIN:
+                    result = train.continue_training(loaded, 20, threading.Event())
+                    assert result["end_step"] == version.step + 20
+            finally:
+                loaded.close()
+                loaded.imported.retire()
+
+
+def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit(tmp_path):
+    spec, root = local_cluster(workers=2), tmp_path / "exports"
+    args = ("--export-dir", root, "--checkpoint-every", 100, "--export-every", 300,
+            "--log-every", 100000, "--cluster-timeout", 20)
+    ps = start(spec, "ps", 0)
+    chief = start(spec, "worker", 0, *args, "--steps", 10**9)
+    worker = start(spec, "worker", 1, *args, "--steps", 10**9)
+    lives = [ps, chief, worker]
+    try:
+        chief.wait_for(lambda e: e["event"] == "model_exported")
+        chief.kill()  # -9 at some point of its saves
+        newest = layout.latest_checkpoint(root).step
+        complete_versions_only(root)
+        chief = start(spec, "worker", 0, *args, "--steps", 10**9)  # the other worker goes on
+        lives.append(chief)
+        resumed = chief.wait_for(lambda e: e["event"] == "training_resumed")
+        assert resumed["step"] == newest  # the committed checkpoint, not the ps's newer values
+        chief.wait_for(lambda e: e["event"] == "checkpoint_saved")
+
+        ps.kill()  # -9: the workers fail in one line, they do not hang
+        for task in (chief, worker):
+            assert task.wait(timeout=90) == 1, task.stderr
+            assert task.stderr.count("\n") == 1 and "lost the cluster" in task.stderr, task.stderr
+        complete_versions_only(root)
+        newest = layout.latest_checkpoint(root).step
+
+        target = newest + 300
+        lives += [start(spec, "ps", 0), start(spec, "worker", 0, *args, "--steps", target),
+                  start(spec, "worker", 1, *args, "--steps", target)]
+        ps, chief, worker = lives[-3:]
+        assert chief.wait(timeout=120) == 0, chief.stderr
+        assert worker.wait(timeout=60) == 0, worker.stderr
+        assert ps.terminate() == 0
+    finally:
+        for process in lives:
+            process.kill()
+    assert chief.named("training_resumed")[0]["step"] == newest
+    assert layout.latest_checkpoint(root).step >= target
+    complete_versions_only(root)
+    assert layout.clean_leftovers(root) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--job", "worker", "--task", 0], "need --cluster"),
+    (["--cluster", '{"ps": ["a:1"]}', "--job", "ps"], 'must be {"ps": [...], "worker": [...]}'),
+    (["--cluster", '{"ps": ["a:1"], "worker": ["b:2"]}', "--job", "worker", "--task", 3],
+     "task 3 is outside job 'worker'"),
+    (["--cluster", "not-a-file.json", "--job", "ps"], "neither JSON nor a readable file"),
+    (["--cluster", '{"ps": ["a:1"], "worker": ["nohost"]}', "--job", "ps"], '"host:port"'),
+])
+def test_bad_cluster_input_exits_2_with_one_line(args, message, tmp_path):
+    result = run("producer", "--export-dir", tmp_path / "x", *args, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_tf_config_names_the_task_when_the_flags_are_absent():
+    spec = {"ps": ["h:1"], "worker": ["h:2", "h:3"]}
+    role = cluster.resolve(None, None, None, {"TF_CONFIG": json.dumps(
+        {"cluster": spec, "task": {"type": "worker", "index": 1}})})
+    assert (role.job, role.task, role.is_chief, role.address) == ("worker", 1, False, "h:3")
+    assert cluster.resolve(None, None, None, {}) is None  # alone
+    with pytest.raises(cluster.ClusterError, match="job 'chief' is not one of"):
+        cluster.resolve(None, None, None, {"TF_CONFIG": json.dumps(
+            {"cluster": spec, "task": {"type": "chief", "index": 0}})})
