@@ -9,6 +9,7 @@ clears them on import. The serving graph is built without devices.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -98,19 +99,19 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
         return step
     except LOST as err:
         log.error("cluster_lost", task=role.name, error=type(err).__name__, message=err.message)
-        raise ClusterFailure(f"{role.name} lost the cluster: {type(err).__name__}: "
-                             f"{_cause(err.message)}") from None
+        raise ClusterFailure(f"{role.name} lost the cluster: {_cause(err.message, role)}: "
+                             f"{type(err).__name__}") from None
 
 
-def _cause(message: str) -> str:
-    """What was lost, in one line: TF leads with "Graph execution error", then says
-    "From /job:ps/replica:0/task:0:" and, on the next line, what went wrong."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for index, line in enumerate(lines):
-        if line.startswith("From /job:"):
-            detail = lines[index + 1] if index + 1 < len(lines) else ""
-            return f"{line[5:].rstrip(':')}: {detail}"[:300]
-    return (lines[-1] if lines else "")[:300]
+def _cause(message: str, role: Role) -> str:
+    """Which task was lost, and how, from a TF error's text, which varies: e.g. "ps/0
+    (recvmsg:Connection reset by peer)". The text also names this task: skip it."""
+    tasks = [f"{job}/{task}" for job, task in
+             re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", message)]
+    others = sorted({t for t in tasks if t != role.name}, key=lambda t: not t.startswith("ps/"))
+    detail = re.search(r'grpc_message:"([^"]*)"', message)
+    lost = others[0] if others else "a task"
+    return f"{lost} ({detail.group(1)})" if detail else lost
 
 
 def _chief(role, config, stop, server, manager, init, graph, model, session_config, dataset):

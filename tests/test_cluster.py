@@ -92,7 +92,10 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
         ps.kill()  # -9: the workers fail in one line, they do not hang
         for task in (chief, worker):
             assert task.wait(timeout=90) == 1, task.stderr
-            assert task.stderr.count("\n") == 1 and "lost the cluster" in task.stderr, task.stderr
+            # TF's C++ runtime may log its own gRPC errors above; ours is one line, and last
+            ours = [line for line in task.stderr.splitlines() if line.startswith("producer:")]
+            assert ours == [task.stderr.splitlines()[-1]], task.stderr
+            assert "lost the cluster: ps/0" in ours[0] and "Traceback" not in task.stderr
         complete_versions_only(root)
         newest = layout.latest_checkpoint(root).step
 
