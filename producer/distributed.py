@@ -69,6 +69,8 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
     cluster = v1.train.ClusterSpec(role.cluster)
     server = start_server(role)
     wait_for_ps(role, timeout, stop)
+    if stop.is_set():  # a signal while it waited
+        return 0
     dataset = dataset_for(config)
     device = v1.train.replica_device_setter(worker_device=f"/job:worker/task:{role.task}",
                                             cluster=cluster)
@@ -87,8 +89,11 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
         if role.is_chief:
             return _chief(role, config, stop, server, manager, init, graph, model,
                           session_config, dataset)
-        session = manager.wait_for_session(server.target, config=session_config,
-                                           max_wait_secs=timeout)
+        try:
+            session = manager.wait_for_session(server.target, config=session_config,
+                                               max_wait_secs=timeout)
+        except tf.errors.DeadlineExceededError:  # how TF says the wait ran out
+            session = None
         if session is None:
             raise ClusterFailure(f"the chief (worker/0) did not initialize the variables within "
                                  f"{timeout:g} s")
