@@ -1,5 +1,35 @@
 """Benchmarks of the handoff, each side by side with a baseline measured in the same run."""
 
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+from shared.processes import ForkServer, Process
+
+_warm: dict[str, ForkServer] = {}  # module -> the fork server its processes start from
+
+
+@contextlib.contextmanager
+def warm_starts(modules: tuple[str, ...]) -> Iterator[None]:
+    """Within this, ``start`` forks these modules' processes warm: a quick run would otherwise
+    spend most of its time importing TensorFlow, about 5 s a process. A full run starts every
+    process cold, as a user does."""
+    with ThreadPoolExecutor(len(modules)) as pool:
+        _warm.update(zip(modules, pool.map(ForkServer, modules)))
+    try:
+        yield
+    finally:
+        for server in _warm.values():
+            server.close()
+        _warm.clear()
+
+
+def start(module: str, *args) -> Process:
+    """A bench process, warm inside ``warm_starts`` for its module, else cold."""
+    return Process(module, *args, server=_warm.get(module))
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)

@@ -2,12 +2,14 @@
 
 Producers and consumers run as separate processes, as in production. The results are printed
 as one table, and a full run writes them into docs/BENCHMARKS.md between its markers.
-``--quick`` runs everything small (under a minute) and writes nothing unless ``--record``.
+``--quick`` runs everything small (about a minute, its processes forked warm) and writes
+nothing unless ``--record``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,13 +18,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import percentile
+from bench import percentile, start, warm_starts
 from bench.serving import serving_run
-from shared.processes import REPO, Process, command, env, event_time
+from shared.processes import REPO, command, env, event_time
 
 DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -55,13 +58,13 @@ def handoff_run(name: str, consumers: int, sizes: Sizes, tmp: Path, *, baseline:
     ``extra`` are consumer options."""
     root = tmp / name / "exports"
     root.mkdir(parents=True)
-    watchers = [Process("bench.baseline", "--export-dir", root) if baseline
-                else Process("consumer", "--export-dir", root, "--work-dir", tmp / name / f"work{i}",
+    watchers = [start("bench.baseline", "--export-dir", root) if baseline
+                else start("consumer", "--export-dir", root, "--work-dir", tmp / name / f"work{i}",
                              "--source", kind, *extra) for i in range(consumers)]
     try:
         for watcher in watchers:
             watcher.wait_for(lambda e: e["event"] == "watching")
-        publisher = Process("bench.publisher", "--export-dir", root, "--versions",
+        publisher = start("bench.publisher", "--export-dir", root, "--versions",
                             versions or sizes.versions, "--interval", interval or sizes.interval,
                             "--kind", kind)
         assert publisher.wait(timeout=600) == 0, publisher.stderr
@@ -231,7 +234,52 @@ def machine() -> str:
                          for name in ("tensorflow-cpu", "watchdog", "structlog"))
     return (f"{os.cpu_count()} cores ({cpu}), {memory} GiB RAM, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, {versions}; "
-            f"temp dir {tempfile.gettempdir()}")
+            f"temp dir {tempfile.gettempdir()}; calibration: {calibration()}")
+
+
+def calibration() -> str:
+    """Machines of one kind differ here by 2-3x in what a handoff is made of: page faults on
+    fresh memory and the wake-up of a sleeping thread, more than raw Python speed. These figures
+    (best of three) let two recorded runs be compared."""
+    import numpy as np
+
+    def best(measure) -> float:
+        return min(measure() for _ in range(3))
+
+    def loop() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(10_000_000):
+            total += i
+        return time.perf_counter() - started
+
+    def fresh_memory() -> float:
+        started = time.perf_counter()
+        np.ones(2 ** 26, np.float32)  # 256 MiB, faulted in page by page
+        return time.perf_counter() - started
+
+    def wake() -> float:
+        ready, woken, waits = threading.Event(), threading.Event(), []
+
+        def sleeper() -> None:
+            for _ in range(50):
+                ready.wait()
+                ready.clear()
+                waits.append(time.perf_counter() - set_at[0])
+                woken.set()
+        set_at = [0.0]
+        thread = threading.Thread(target=sleeper)
+        thread.start()
+        for _ in range(50):
+            time.sleep(0.002)  # long enough for the sleeper's core to go idle
+            woken.clear()
+            set_at[0] = time.perf_counter()
+            ready.set()
+            woken.wait()
+        thread.join()
+        return statistics.median(waits)
+
+    return (f"a 10M-turn Python loop {best(loop):.2f} s, 256 MiB of fresh memory filled "
+            f"{best(fresh_memory):.2f} s, a sleeping thread woken {best(wake) * 1e6:.0f} us")
 
 
 def record(text: str) -> None:
@@ -242,13 +290,14 @@ def record(text: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="everything small, in under a minute")
+    parser.add_argument("--quick", action="store_true", help="everything small, in about a minute")
     parser.add_argument("--record", action="store_true", help="write docs/BENCHMARKS.md "
                         "(the default for a full run)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="tf-handoff-bench-") as tmp:
+    warm = warm_starts(("consumer", "bench.publisher")) if args.quick else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="tf-handoff-bench-") as tmp, warm:
         tmp = Path(tmp)
         native = handoff_run("checkpoints", 1, sizes, tmp)
         savedmodels = handoff_run("savedmodels", 1, sizes, tmp, kind="savedmodel")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import percentile
+from bench import percentile, start
 from shared.processes import Process
 from shared.rest_client import RestClient
 
@@ -55,7 +55,7 @@ def _load(port: int, publisher_args: tuple) -> tuple[list[Answer], list[dict]]:
     for thread in threads:
         thread.start()
     try:
-        publisher = Process("bench.publisher", *publisher_args)
+        publisher = start("bench.publisher", *publisher_args)
         assert publisher.wait(timeout=600) == 0, publisher.stderr
         time.sleep(0.2)  # the last commit gets its answers too
     finally:
@@ -97,10 +97,10 @@ def _server_seconds(port: int) -> float:
 
 def serving_run(versions: int, interval: float, tmp: Path) -> dict:
     root, decoy = tmp / "serving" / "exports", tmp / "serving" / "decoy"
-    seed = Process("bench.publisher", "--export-dir", root, "--versions", 1, "--interval", 0,
+    seed = start("bench.publisher", "--export-dir", root, "--versions", 1, "--interval", 0,
                    "--model", "mlp", "--kind", "savedmodel", "--first-step", 0)
     assert seed.wait(timeout=120) == 0, seed.stderr
-    server = Process("consumer", "--mode", "serve", "--export-dir", root, "--work-dir",
+    server = start("consumer", "--mode", "serve", "--export-dir", root, "--work-dir",
                      tmp / "serving" / "work", "--port", 0)
     try:
         port = server.wait_for(lambda e: e["event"] == "serving", timeout=60)["port"]

@@ -3,9 +3,11 @@ JSON log events as they come. Used by ``make demo``, ``make bench`` and the test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +47,111 @@ def env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+class ForkedChild:
+    """A child of a ``ForkServer``, with the part of ``subprocess.Popen`` that ``Process`` uses."""
+
+    def __init__(self, pid: int, stdout: int, stderr: int) -> None:
+        self.pid, self.returncode = pid, None
+        self.stdout, self.stderr = open(stdout, errors="replace"), open(stderr, errors="replace")
+        self._exited = threading.Event()
+
+    def _exit(self, code: int) -> None:
+        self.returncode = code
+        self._exited.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """Starts ``python -m MODULE`` children warm, forked from a server that imported TensorFlow
+    and MODULE once (``shared.forkserver``): a few ms a start instead of ~5 s. For tests that
+    start one program many times; ``Process(..., server=...)`` takes it."""
+
+    def __init__(self, module: str, timeout: float = 120) -> None:
+        from shared import hugepages
+
+        self.module = module
+        self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), hugepages.TUNABLE]))
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "shared.forkserver", module, str(theirs.fileno())], cwd=REPO,
+            pass_fds=[theirs.fileno()], env={**env(), "GLIBC_TUNABLES": tunables},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        theirs.close()
+        self._socket.settimeout(timeout)
+        try:
+            ready = self._socket.recv(64)
+        except TimeoutError:
+            ready = b""
+        if ready != b"ready":
+            self._server.kill()
+            self._socket.close()
+            raise RuntimeError(f"fork server for {module} did not start: "
+                               f"{self._server.communicate()[1][-2000:]!r}")
+        self._socket.settimeout(None)
+        self._children: dict[int, ForkedChild] = {}
+        self._exits: dict[int, int] = {}  # of children not registered yet: a fast exit 2
+        self._started: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()  # one spawn at a time: replies come in request order
+        self._registry = threading.Lock()
+        threading.Thread(target=self._read_replies, daemon=True).start()
+
+    def _read_replies(self) -> None:
+        while message := self._socket.recv(256).decode():
+            word, pid, *code = message.split()
+            if word == "started":
+                self._started.put(int(pid))
+                continue
+            with self._registry:
+                child = self._children.pop(int(pid), None)
+                if child is None:
+                    self._exits[int(pid)] = int(code[0])
+            if child is not None:
+                child._exit(int(code[0]))
+
+    def spawn(self, argv: list[str]) -> ForkedChild:
+        """A child running MODULE's ``main()`` on ``argv``, its stdout and stderr piped to us."""
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        with self._lock:
+            socket.send_fds(self._socket, [json.dumps(argv).encode()], [out_write, err_write])
+            os.close(out_write)
+            os.close(err_write)
+            pid = self._started.get(timeout=30)
+        child = ForkedChild(pid, out_read, err_read)
+        with self._registry:
+            if pid in self._exits:
+                child._exit(self._exits.pop(pid))
+            else:
+                self._children[pid] = child
+        return child
+
+    def close(self) -> None:
+        """The server kills what it still runs, and exits."""
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._server.wait(timeout=30)
+        self._server.stderr.close()
+        self._socket.close()
+
+
 def event_time(event: dict) -> float:
     """An event's ``timestamp`` as seconds since the epoch."""
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -54,11 +161,17 @@ class Process:
     """A running child whose JSON log lines are parsed on a reader thread."""
 
     def __init__(self, module: str, *args, on_event: Callable[[dict], None] | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
-        """``preexec_fn`` runs in the child before it starts: a test sets a resource limit."""
-        self.popen = subprocess.Popen(command(module, *args), cwd=REPO, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env(),
-                                      preexec_fn=preexec_fn)
+                 preexec_fn: Callable[[], None] | None = None,
+                 server: ForkServer | None = None) -> None:
+        """``preexec_fn`` runs in the child before it starts: a test sets a resource limit.
+        With a ``server`` (for ``module``), the child is forked warm from it."""
+        if server is not None:
+            assert server.module == module and preexec_fn is None
+            self.popen = server.spawn(command(module, *args)[3:])
+        else:
+            self.popen = subprocess.Popen(command(module, *args), cwd=REPO,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env=env(), preexec_fn=preexec_fn)
         self.events: list[dict] = []
         self.stderr = ""
         self._on_event = on_event

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 
 from shared import layout
-from shared.processes import REPO, Process, command, env  # noqa: F401 - re-exported for tests
+from shared.processes import (REPO, ForkServer, Process, command,  # noqa: F401 - for tests
+                              env)
 
 
 def run(module: str, *args, timeout: float = 300,

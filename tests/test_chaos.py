@@ -1,6 +1,10 @@
 """Chaos: a producer killed with -9 at seeded random moments and restarted each time, while two
 consumers follow it (inotify on checkpoints, polling on SavedModels). ``CHAOS_KILLS`` and
-``CHAOS_SEED`` set the run: the defaults fit CI, and ``CHAOS_KILLS=300`` is a soak."""
+``CHAOS_SEED`` set the run: the defaults fit CI, and ``CHAOS_KILLS=300`` is a soak.
+
+Each life is forked warm from a server that imported TensorFlow once (``ForkServer``), so a life
+costs about half a second, not the five of a cold import: the kills, not the imports, fill the
+run."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import random
 import time
 
 from shared import layout
-from tests.helpers import Process
+from tests.helpers import ForkServer, Process
 
 STEPS, CHECKPOINT_EVERY, EXPORT_EVERY = 10_000, 20, 40
 
@@ -29,9 +33,10 @@ def test_kill_9_in_a_loop_loses_nothing_committed_and_the_run_completes(tmp_path
                 "--source", "savedmodel", "--poll", 0.1, "--until-step", STEPS),
     ]
     lives: list[Process] = []
+    server = ForkServer("producer")
     try:
         for life in range(kills):
-            producer = Process("producer", *producer_args)
+            producer = Process("producer", *producer_args, server=server)
             lives.append(producer)
             producer.wait_for(lambda e: e["event"] in ("checkpoint_saved", "training_finished"))
             delay = rng.uniform(0, 0.3)  # somewhere in the next few saves and exports
@@ -39,7 +44,7 @@ def test_kill_9_in_a_loop_loses_nothing_committed_and_the_run_completes(tmp_path
                   f"(CHAOS_SEED={seed})")
             time.sleep(delay)
             producer.kill()
-        last = Process("producer", *producer_args)
+        last = Process("producer", *producer_args, server=server)
         lives.append(last)
         assert last.wait(timeout=300) == 0, last.stderr
         for follower in followers:
@@ -47,6 +52,7 @@ def test_kill_9_in_a_loop_loses_nothing_committed_and_the_run_completes(tmp_path
     finally:
         for process in lives + followers:
             process.kill()
+        server.close()
 
     assert sum(life.popen.returncode == -9 for life in lives) == kills
     committed = reached = 0  # by the lives before: the newest logged commit, the furthest step
