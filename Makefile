@@ -54,7 +54,7 @@ tools: ## install strace if missing (for the fsync-order test)
 		apt-get update -qq >/dev/null && apt-get install -y -qq strace >/dev/null; } || \
 		echo "strace could not be installed: the fsync-order test will be skipped"
 
-test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; about 4 minutes
+test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; about 7 minutes
 	$(PY) -m pytest $(ARGS)
 
 soak: $(STAMP) ## the chaos test as a soak: the producer killed with -9 KILLS times in a row

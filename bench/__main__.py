@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import percentile, start, warm_starts
+from bench.cluster import cluster_run
 from bench.serving import serving_run
 from shared.processes import REPO, command, env, event_time
 
@@ -42,12 +43,15 @@ class Sizes:
     stall_steps: int
     stall_every: int
     serve_versions: int  # per serving run, one every 100 ms
+    cluster_steps: int  # per cluster run
 
 
 FULL = Sizes(versions=60, interval=0.25, reloads=500, reload_interval=0.08, restore_mib=1024,
-             stall_mib=256, stall_steps=400, stall_every=100, serve_versions=100)
+             stall_mib=256, stall_steps=400, stall_every=100, serve_versions=100,
+             cluster_steps=6000)
 QUICK = Sizes(versions=10, interval=0.15, reloads=40, reload_interval=0.05, restore_mib=32,
-              stall_mib=16, stall_steps=100, stall_every=50, serve_versions=15)
+              stall_mib=16, stall_steps=100, stall_every=50, serve_versions=15,
+              cluster_steps=400)
 
 
 def handoff_run(name: str, consumers: int, sizes: Sizes, tmp: Path, *, baseline: bool = False,
@@ -124,7 +128,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
 
 
-def table(native, savedmodels, full, poll, baseline, scaled, memory, big, serve,
+def table(native, savedmodels, full, poll, baseline, scaled, memory, big, serve, cluster,
           sizes: Sizes) -> tuple[str, list[str]]:
     def latency(run):
         return f"p50 {ms(run['p50'])}, p95 {ms(run['p95'])}, max {ms(run['max'])} " \
@@ -159,6 +163,7 @@ def table(native, savedmodels, full, poll, baseline, scaled, memory, big, serve,
          f"{stall['save_s'] / stall['vanilla_save_s']:.2f}x vanilla Saver.save "
          f"({stall['vanilla_save_s']:.2f} s)", "report", None),
         *serving_rows(serve),
+        *cluster_rows(cluster),
     ]
     lines = ["| benchmark | figure | against the baseline | target | met |",
              "|---|---|---|---|---|"]
@@ -210,6 +215,18 @@ def serving_rows(serve: dict) -> list[tuple]:
          f"{quiet['requests_per_s']:.0f} req/s over HTTP",
          f"{quiet['requests_per_s'] / limit['requests_per_s']:.2f}x the "
          f"{limit['requests_per_s']:.0f} Session.run/s of one process", "report", None),
+    ]
+
+
+def cluster_rows(run: dict) -> list[tuple]:
+    alone, one, two = run["alone"], run["one_worker"], run["two_workers"]
+    return [
+        ("Cluster training, mlp, 1 ps + 2 workers", f"{two:,.0f} examples/s",
+         f"{two / one:.2f}x one worker; {two / alone:.2f}x the producer alone", "report", None),
+        ("Cluster training, mlp, 1 ps + 1 worker", f"{one:,.0f} examples/s",
+         f"{one / alone:.2f}x the producer alone", "", None),
+        ("Producer alone, mlp, no cluster", f"{alone:,.0f} examples/s "
+         f"({run['batch']} a step, {run['steps']} steps)", "baseline", "", None),
     ]
 
 
@@ -296,7 +313,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()
-    warm = warm_starts(("consumer", "bench.publisher")) if args.quick else contextlib.nullcontext()
+    warm = warm_starts(("consumer", "bench.publisher", "producer")) if args.quick else contextlib.nullcontext()
     with tempfile.TemporaryDirectory(prefix="tf-handoff-bench-") as tmp, warm:
         tmp = Path(tmp)
         native = handoff_run("checkpoints", 1, sizes, tmp)
@@ -308,8 +325,9 @@ def main() -> int:
         memory = memory_run(sizes, tmp)
         big = bigmodel_run(sizes)
         serve = serving_run(sizes.serve_versions, 0.1, tmp)
+        cluster = cluster_run(sizes.cluster_steps, tmp)
     results, notes = table(native, savedmodels, full, poll, baseline, scaled, memory, big, serve,
-                           sizes)
+                           cluster, sizes)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     text = (f"Run of {when}, {'quick' if args.quick else 'full'}, "
             f"{time.monotonic() - started:.0f} s.\nMachine: {machine()}.\n\n{results}\n\n"
