@@ -75,7 +75,7 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
     device = v1.train.replica_device_setter(worker_device=f"/job:worker/task:{role.task}",
                                             cluster=cluster)
     graph = models.build_training_graph(models.MODELS[config.model], dataset, config.seed,
-                                        device=device)
+                                        device=device, replicas=len(role.cluster["worker"]))
     model = contract.read_training(graph)
     session_config = v1.ConfigProto(
         # see only the ps tasks and itself: another worker's death must not block this one
@@ -133,8 +133,10 @@ def _chief(role, config, stop, server, manager, init, graph, model, session_conf
 
     session = manager.prepare_session(server.target, init_fn=init_or_restore,
                                       config=session_config)
-    step = log_start(config, restored["step"], task=role.name,
-                     workers=len(role.cluster["worker"]), ps=len(role.cluster["ps"]))
+    workers = len(role.cluster["worker"])
+    step = log_start(config, restored["step"], task=role.name, workers=workers,
+                     ps=len(role.cluster["ps"]),
+                     learning_rate=models.MODELS[config.model].learning_rate / workers)
     schedule = Schedule(publisher, session, serving_for(config), config, start=step)
     step = _train(session, model, dataset, config, stop, schedule.due)
     schedule.final(step)
