@@ -64,13 +64,13 @@ def handoff_run(name: str, consumers: int, sizes: Sizes, tmp: Path, *, baseline:
     root.mkdir(parents=True)
     watchers = [start("bench.baseline", "--export-dir", root) if baseline
                 else start("consumer", "--export-dir", root, "--work-dir", tmp / name / f"work{i}",
-                             "--source", kind, *extra) for i in range(consumers)]
+                           "--source", kind, *extra) for i in range(consumers)]
     try:
         for watcher in watchers:
             watcher.wait_for(lambda e: e["event"] == "watching")
         publisher = start("bench.publisher", "--export-dir", root, "--versions",
-                            versions or sizes.versions, "--interval", interval or sizes.interval,
-                            "--kind", kind)
+                          versions or sizes.versions, "--interval", interval or sizes.interval,
+                          "--kind", kind)
         assert publisher.wait(timeout=600) == 0, publisher.stderr
         last = publisher.named("committed")[-1]["step"]
         for watcher in watchers:  # every watcher takes the last version, pollers within ~1 s
@@ -255,9 +255,10 @@ def machine() -> str:
 
 
 def calibration() -> str:
-    """Machines of one kind differ here by 2-3x in what a handoff is made of: page faults on
-    fresh memory and the wake-up of a sleeping thread, more than raw Python speed. These figures
-    (best of three) let two recorded runs be compared."""
+    """The machine's basic speeds, best of three, recorded beside each run. Machines of one kind
+    differ here by 2.5-3x in everything TensorFlow does (docs/BENCHMARKS.md, "Two machines"); on
+    the two recorded so far these three figures did not show it, so they tell a reader what was
+    ruled out, and each row's own baseline stays the comparison."""
     import numpy as np
 
     def best(measure) -> float:

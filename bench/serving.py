@@ -98,10 +98,10 @@ def _server_seconds(port: int) -> float:
 def serving_run(versions: int, interval: float, tmp: Path) -> dict:
     root, decoy = tmp / "serving" / "exports", tmp / "serving" / "decoy"
     seed = start("bench.publisher", "--export-dir", root, "--versions", 1, "--interval", 0,
-                   "--model", "mlp", "--kind", "savedmodel", "--first-step", 0)
+                 "--model", "mlp", "--kind", "savedmodel", "--first-step", 0)
     assert seed.wait(timeout=120) == 0, seed.stderr
     server = start("consumer", "--mode", "serve", "--export-dir", root, "--work-dir",
-                     tmp / "serving" / "work", "--port", 0)
+                   tmp / "serving" / "work", "--port", 0)
     try:
         port = server.wait_for(lambda e: e["event"] == "serving", timeout=60)["port"]
         server.wait_for(lambda e: e["event"] == "model_loaded", timeout=60)

@@ -136,7 +136,7 @@ def _chief(role, config, stop, server, manager, init, graph, model, session_conf
     workers = len(role.cluster["worker"])
     step = log_start(config, restored["step"], task=role.name, workers=workers,
                      ps=len(role.cluster["ps"]),
-                     learning_rate=models.MODELS[config.model].learning_rate / workers)
+                     learning_rate=models.MODELS[config.model].replica_learning_rate(workers))
     schedule = Schedule(publisher, session, serving_for(config), config, start=step)
     step = _train(session, model, dataset, config, stop, schedule.due)
     schedule.final(step)

@@ -1,14 +1,14 @@
-"""Warm starts for a test that starts one program many times: a server process imports
+"""Warm starts for tests that start one program many times: a server process imports
 TensorFlow and the program once, then forks a child per start.
 
 Each child is a real process: its own pid, signals, locks, pipes and exit code, killed with -9
 for real. It runs the program's ``main()`` with ``sys.argv`` as ``python -m MODULE`` would set
-it, but starts in a few
-milliseconds instead of the ~5 s TensorFlow's import costs on the 2-core machine. The chaos test
-restarts the producer 25 times through it, and a quick bench run its consumers and publishers.
+it, but starts in a few milliseconds instead of the ~5 s TensorFlow's import costs on the 2-core
+machine. The chaos test restarts the producer 25 times through it, the cluster tests start their
+ps and workers with it, and a quick bench run its consumers, publishers and producers.
 
 Forking is safe here because the server never *runs* TensorFlow: it imports it and waits. A
-child makes its own sessions and thread pools after the fork.
+child makes its own sessions, thread pools and gRPC servers after the fork.
 
 The server sets glibc's huge-page tunable itself (``shared.hugepages``), so a consumer child
 finds it set and does not execute itself again, which would throw the warm import away.

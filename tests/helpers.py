@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from shared import layout
-from shared.processes import (REPO, ForkServer, Process, command,  # noqa: F401 - for tests
-                              env)
+from shared.processes import REPO, ForkServer, Process, command, env  # noqa: F401 - for tests
 
 
 def run(module: str, *args, timeout: float = 300,
