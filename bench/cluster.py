@@ -15,9 +15,6 @@ from bench import start
 from shared.datasets import load
 from shared.processes import event_time, local_cluster
 
-BATCH = load({"name": "random_classes"}).params["batch_size"]  # the mlp's examples per step
-
-
 def _rate(progress: list[dict]) -> float:
     """Global steps per second between the first and the last progress event."""
     first, last = progress[0], progress[-1]
@@ -49,7 +46,8 @@ def _train(tmp: Path, workers: int, steps: int, log_every: int) -> float:
 
 def cluster_run(steps: int, tmp: Path) -> dict:
     """Examples per second: the producer alone, then one ps with one worker, then with two."""
+    batch = load({"name": "random_classes"}).params["batch_size"]  # the mlp's examples a step
     log_every = max(1, steps // 50 // 10)  # epochs of 50 steps: about ten progress events a run
-    rates = {workers: _train(tmp, workers, steps, log_every) * BATCH for workers in (0, 1, 2)}
+    rates = {workers: _train(tmp, workers, steps, log_every) * batch for workers in (0, 1, 2)}
     return {"alone": rates[0], "one_worker": rates[1], "two_workers": rates[2], "steps": steps,
-            "batch": BATCH}
+            "batch": batch}

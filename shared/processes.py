@@ -167,7 +167,7 @@ class Process:
         With a ``server`` (for ``module``), the child is forked warm from it."""
         if server is not None:
             assert server.module == module and preexec_fn is None
-            self.popen = server.spawn(command(module, *args)[3:])
+            self.popen = server.spawn(command(module, *args)[3:])  # past "python -m module"
         else:
             self.popen = subprocess.Popen(command(module, *args), cwd=REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
