@@ -6,7 +6,7 @@ import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from shared.processes import ForkServer, Process
+from harness.processes import ForkServer, Process
 
 _warm: dict[str, ForkServer] = {}  # module -> the fork server its processes start from
 

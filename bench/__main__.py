@@ -24,7 +24,7 @@ from bench import percentile, start, warm_starts
 from bench.cluster import cluster_run
 from bench.machine import machine
 from bench.serving import serving_run
-from shared.processes import REPO, command, env, event_time
+from harness.processes import REPO, command, env, event_time
 
 DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

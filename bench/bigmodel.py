@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from consumer import loader
-from shared import contract, datasets, hugepages, layout
+from consumer import hugepages, loader
+from shared import commit, contract, datasets, layout
 from shared.publish import Publisher
 from shared.tfcompat import tf, v1
 
@@ -82,7 +82,7 @@ def restore_throughput(size_mib: int, repeats: int, parts: int) -> dict:
 
 
 def _restore_throughput(root: Path, size_mib: int, repeats: int, parts: int) -> dict:
-    layout.claim(root, "bench")
+    commit.claim(root, "bench")
     graph, _ = build(size_mib, parts)
     with v1.Session(graph=graph) as session:
         session.run(v1.global_variables_initializer())
@@ -112,7 +112,7 @@ def checkpoint_stall(size_mib: int, steps: int, every: int) -> dict:
 
 
 def _checkpoint_stall(root: Path, size_mib: int, steps: int, every: int) -> dict:
-    layout.claim(root, "bench")
+    commit.claim(root, "bench")
     graph, model = build(size_mib)
     dataset = model.dataset
     publisher = Publisher(root, graph)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench import start
 from shared.datasets import load
-from shared.processes import event_time, local_cluster
+from harness.processes import event_time, local_cluster
 
 def _rate(progress: list[dict]) -> float:
     """Global steps per second between the first and the last progress event."""

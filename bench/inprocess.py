@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from consumer import loader
-from consumer.api import Api
+from consumer.serving.calls import Api
 from consumer.manager import Manager
 from shared import layout
 

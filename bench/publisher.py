@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from shared import contract, datasets, layout, models
+from shared import commit, contract, datasets, layout, models
 from shared.publish import Publisher
 from shared.tfcompat import v1
 
@@ -32,7 +32,7 @@ def main() -> None:
 
     spec = models.MODELS[args.model]
     dataset = datasets.load({"name": spec.dataset, "seed": 0})
-    layout.claim(args.export_dir, spec.name)
+    commit.claim(args.export_dir, spec.name)
     graph = models.build_training_graph(spec, dataset, seed=0)
     model = contract.read_training(graph)
     publisher = Publisher(args.export_dir, graph)

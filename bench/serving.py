@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import percentile, start
-from shared.processes import Process
-from shared.rest_client import RestClient
+from harness.processes import Process
+from harness.rest_client import RestClient
 
 CLIENTS = 4
 BODY = json.dumps({"instances": [[0.5] * 28]}).encode()  # one mlp example, as a client would send it

@@ -1,1 +1,2 @@
-"""The consumer: watches an export directory and takes over each new version."""
+"""The consumer: watch an export dir, load each new version, and evaluate it, keep training it,
+or serve it (the serving package, ``consumer.serving``, holds the model server)."""

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared import cli, dirlock, hugepages, layout, logs
+from consumer import hugepages
+from shared import cli, commit, dirlock, layout, logs
 
 PROG = "consumer"
 
@@ -55,7 +56,7 @@ def _check_dirs(args: argparse.Namespace) -> None:
     if args.work_dir.resolve() == args.export_dir.resolve():
         raise layout.LayoutError("work dir must differ from the export dir: the consumer never "
                                  "writes into the producer's directory")
-    layout.check_writable_dir(args.work_dir)
+    commit.check_writable_dir(args.work_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                     max_publish_failures=args.max_publish_failures)
     log = logs.get(PROG)
     if args.mode == "serve":
-        stats = _serve(args, config, stop, log)
+        from consumer.serving.server import serve
+
+        stats = serve(config, stop, host=args.host, port=args.port, model_name=args.model_name)
     else:
         log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
                  mode=args.mode, until_step=args.until_step)
@@ -93,36 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: {stats.fatal.strip().splitlines()[0][:500]}\n")
         return 1
     return 0
-
-
-def _serve(args: argparse.Namespace, config, stop, log):
-    """The consumer's loop on this thread, the HTTP server on its own; at a signal, the server
-    drains its requests in flight before the last version is closed."""
-    from consumer.api import Api
-    from consumer.manager import Manager
-    from consumer.metrics import ServingMetrics
-    from consumer.loop import Consumer
-    from consumer.server import HttpServer
-
-    manager, metrics = Manager(), ServingMetrics()
-    api = Api(manager, args.export_dir, args.model_name)
-    try:
-        server = HttpServer(api, metrics, args.host, args.port)
-    except OSError as err:
-        cli.fail(PROG, f"cannot listen on {args.host}:{args.port}: {err.strerror or err}")
-    consumer = Consumer(config, stop, manager, metrics)
-    log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
-             mode=args.mode, until_step=args.until_step)
-    server.start()
-    model = api.served_name()  # None until export.json exists: then it is read at first use
-    log.info("serving", host=server.host, port=server.port, model=model,
-             url=f"http://{server.host}:{server.port}/v1/models/{model or '<name>'}")
-    try:
-        stats = consumer.run()
-    finally:
-        server.stop()
-        manager.close()
-    return stats
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class ImportedGraph:
         # What every version of this graph shares, set by the loader after the import:
         self.training: contract.Training | None = None  # checkpoints and the ``train`` tag
         self.serving: contract.Serving | None = None  # the ``serve`` tag
-        self.signatures: dict = {}  # serve mode: key -> tensors.Signature, parsed once
+        self.signatures: dict = {}  # serve mode: key -> signatures.Signature, parsed once
         self.publisher = None  # train mode: its Saver is built once per graph, not per version
         self._idle: list[v1.Session] = []
         self._retired = False

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer import graphs, tensors
+from consumer import graphs
+from consumer.signatures import Signature
 from consumer.graphs import ImportedGraph
 from shared import contract, layout
 from shared.tfcompat import tf, v1
@@ -139,7 +140,7 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
             return imported
         imported.serving = contract.read_serving(graph, meta_graph, version.root)
         if purpose == SERVE:  # parsed once per graph here, not on every request
-            imported.signatures = {name: tensors.Signature.from_proto(proto)
+            imported.signatures = {name: Signature.from_proto(proto)
                                    for name, proto in meta_graph.signature_def.items()}
         return imported
     saver = v1.train.import_meta_graph(f"{version.path}.meta", clear_devices=True)

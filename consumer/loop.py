@@ -15,13 +15,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from consumer import evaluate, loader, train
 from consumer.manager import Manager
-from consumer.metrics import ServingMetrics
 from consumer.source import VersionSource
 from consumer.summaries import EvalSummaries
-from shared import layout, logs
+from shared import commit, layout, logs
 from shared.publish import WRITE_ERRORS, PublishError, describe
 
 log = logs.get("consumer")
@@ -40,6 +40,14 @@ class Config:
     poll: float | None = None
     rescan: float = 5.0
     max_publish_failures: int = 3  # train mode: in a row, then the loop gives up
+
+
+class VersionEvents(Protocol):
+    """Told of each version that goes live or is refused (serve mode: the server's metrics)."""
+
+    def went_live(self, step: int) -> None: ...
+
+    def refused(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -64,7 +72,7 @@ def _rss_mb() -> float | None:
 
 class Consumer:
     def __init__(self, config: Config, stop: threading.Event, manager: Manager | None = None,
-                 metrics: ServingMetrics | None = None) -> None:
+                 events: VersionEvents | None = None) -> None:
         """A ``manager`` passed in is shared (with an HTTP server) and closed by its owner."""
         self.config = config
         self.stop = stop
@@ -73,7 +81,7 @@ class Consumer:
         config.work_dir.mkdir(parents=True, exist_ok=True)  # once, not per evaluation
         self.manager = manager or Manager()
         self._owns_manager = manager is None
-        self.metrics = metrics
+        self.events = events
         self.refused: set[Path] = set()  # broken or gated versions: never tried again
         self._refusal = ""  # why the last refused version was refused
         self.publish_failures = 0  # in a row, in train mode
@@ -134,7 +142,7 @@ class Consumer:
     def _clean_work_dir(self) -> None:
         """What a crash of an earlier run left half-written in the work dir (train mode publishes
         there), as the producer cleans its export dir at start."""
-        removed = layout.clean_leftovers(self.config.work_dir)
+        removed = commit.clean_leftovers(self.config.work_dir)
         if removed:
             log.info("leftovers_removed", dir=str(self.config.work_dir), count=len(removed),
                      paths=[str(p) for p in removed])
@@ -167,8 +175,8 @@ class Consumer:
         handoff = ready_at - version.committed_at
         if previous is not None and previous.imported is not ready.imported:
             previous.imported.retire()  # a new graph: the old one's sessions close
-        if self.metrics is not None:
-            self.metrics.went_live(version.step)
+        if self.events is not None:
+            self.events.went_live(version.step)
         self.stats.loaded.append(version.step)
         self.stats.handoff_seconds.append(handoff)
         log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
@@ -204,8 +212,8 @@ class Consumer:
         return False
 
     def _count_refusal(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.refused(reason)
+        if self.events is not None:
+            self.events.refused(reason)
 
     def _work(self) -> None:
         live = self.live

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from consumer.loader import Loaded
-from shared import durable, layout
+from shared import commit, durable
 from shared.publish import Publisher
 
 
@@ -38,7 +38,7 @@ def publish(loaded: Loaded, work_dir: Path, step: int,
     producer. A SavedModel source lends its ``serve`` meta graph; a checkpoint has none to lend.
     The work dir is claimed for ``model`` here, when a version names it, not at start, when the
     export dir may not even exist yet."""
-    layout.claim(work_dir, model)
+    commit.claim(work_dir, model)
     for relative in loaded.dataset.files:  # a file-backed dataset's data goes with its versions
         target = work_dir / relative
         if not target.exists():

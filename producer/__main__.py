@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from producer import cluster
-from shared import cli, dirlock, layout, logs
+from shared import cli, commit, dirlock, layout, logs
 
 PROG = "producer"
 MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check before TF loads
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         role = cluster.resolve(args.cluster, args.job, args.task)
         if role is None or role.is_chief:  # the one process that writes the export dir
-            layout.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
+            commit.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
             dirlock.hold(args.export_dir, PROG)
     except (cluster.ClusterError, layout.LayoutError, dirlock.DirLocked) as err:
         cli.fail(PROG, str(err))

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared import contract, datasets, layout, logs, models
+from shared import commit, contract, datasets, layout, logs, models
 from shared.publish import PublishError, Publisher
 from shared.tfcompat import v1
 
@@ -38,7 +38,7 @@ def dataset_for(config: Config):
 
 def clean(root: Path) -> None:
     """What a crash left half-written, before anything is published."""
-    removed = layout.clean_leftovers(root)
+    removed = commit.clean_leftovers(root)
     if removed:
         log.info("leftovers_removed", count=len(removed), paths=[str(p) for p in removed])
 
@@ -116,7 +116,7 @@ class Schedule:
 def run(config: Config, stop: threading.Event) -> int:
     """Train ``config.model`` until the global step reaches ``config.steps`` or ``stop`` is set.
     Ends with a checkpoint and an export of the last step. Returns the final global step.
-    The export dir must be claimed for the model (``layout.claim``) by the caller."""
+    The export dir must be claimed for the model (``commit.claim``) by the caller."""
     spec, dataset = models.MODELS[config.model], dataset_for(config)
     root = config.export_dir
     clean(root)

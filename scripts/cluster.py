@@ -15,7 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from shared.processes import Process, local_cluster
+from harness.processes import Process, local_cluster
 
 
 def main() -> int:

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from shared.processes import Process
-from shared.rest_client import RestClient
+from harness.processes import Process
+from harness.rest_client import RestClient
 
 
 def show(name: str, kinds: set[str]):

@@ -1,4 +1,5 @@
-"""The export directory: every path, version name and "is this committed?" rule lives here.
+"""The export directory as a reader sees it: every path, version name and "is this committed?"
+rule. Writers commit through ``shared.commit``, whose docstring gives the durable order.
 
     <export-dir>/
       export.json                  which model the directory holds (written once, atomically)
@@ -10,24 +11,11 @@
       savedmodels/.tmp-*           staging; never a version; removed at the next start
       events/                      TensorBoard event files
 
-Commit rules, the core of the handoff:
-- A SavedModel is written into a hidden staging directory, fsynced, then renamed to its integer
-  name in one step. A reader listing integer names sees whole versions or nothing.
-- A checkpoint's files (.index, .data, .meta) are written and fsynced first; the state file that
-  names it is replaced atomically last. A reader that trusts only the state file never sees a
-  checkpoint with a missing part.
-
-The durable order, so that the commit point is always the last step to reach the disk:
-1. ``claim`` and ``staging_dir`` fsync the directory they create an entry in.
-2. SavedModel: every file and directory of the staging tree is fsynced; ``commit.json`` is
-   written and fsynced, and the staging dir again; one rename gives it its number; then
-   ``savedmodels/`` is fsynced, which makes the commit itself durable.
-3. Checkpoint: its files are fsynced, then ``checkpoints/`` (TF's Saver renamed the data into
-   place from a ``*_temp`` dir: those renames must be on disk first); then the state file is
-   written to a temp file, fsynced, renamed over the old one, and ``checkpoints/`` fsynced again.
-4. Retention deletes only after a commit. ``discard_dir`` hides a version by a rename and fsyncs
-   that before it deletes anything, so a crash mid-delete leaves a hidden leftover, never a
-   half-version under its number.
+What a reader may trust:
+- A SavedModel is a version once its directory has an integer name: it was renamed there whole.
+  Staging directories (``.tmp-*``) are never listed.
+- A checkpoint is a version once the state file names it: its files were on disk before the
+  state file that names them was replaced.
 
 Pure Python on purpose: watchers and tools can use it without importing TensorFlow.
 """
@@ -37,15 +25,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from shared import checkpoint_state
-from shared.durable import TEMP_PREFIX, fsync_dir, fsync_files, fsync_tree, umask, write_atomic
+from shared.durable import TEMP_PREFIX
 
 CHECKPOINTS = "checkpoints"
 SAVEDMODELS = "savedmodels"
@@ -60,7 +45,7 @@ STAGING_PREFIX = TEMP_PREFIX  # staging dirs and atomic-write temp files alike
 # [0-9], never \d or str.isdigit(): those accept "²" or "٣", which int() then rejects or reads.
 _CHECKPOINT_NAME = re.compile(r"^model\.ckpt-([0-9]+)\Z")
 # group 3: the ".tmp<hex>" of a file TF was writing (``file_io.atomic_write_string_to_file``)
-_CHECKPOINT_FILE = re.compile(
+CHECKPOINT_FILE = re.compile(
     r"^(model\.ckpt-[0-9]+)(\.index|\.meta|\.data-[0-9]{5}-of-[0-9]{5})(\.tmp[0-9a-f]+)?\Z")
 _DATA_SHARD = re.compile(r"\.data-([0-9]{5})-of-([0-9]{5})\Z")
 _VERSION_DIR = re.compile(r"[0-9]+\Z")  # \Z: "$" would let a trailing newline through
@@ -226,7 +211,7 @@ def check_confined(version: Version) -> None:
             entries += [Path(dirpath) / name for name in dirnames + filenames]
     else:
         entries = [p for p in version.path.parent.glob(f"{version.path.name}.*")
-                   if _CHECKPOINT_FILE.match(p.name)]
+                   if CHECKPOINT_FILE.match(p.name)]
     for path in entries:
         if path.is_symlink():
             raise LayoutError(f"{path} is a symlink; a version's files must be its own")
@@ -249,97 +234,6 @@ def savedmodel_is_complete(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() and (path / "variables" / "variables.index").is_file()
 
 
-# -- writing -----------------------------------------------------------------------------------
-
-
-def write_checkpoint_state(root: Path, entries: list[tuple[str, float | None]]
-                           ) -> list[tuple[str, float]]:
-    """Commit checkpoints: atomically replace the state file. ``entries`` are (name, commit
-    time), oldest first; the newest one's time is now, and so is any missing one. Returns the
-    entries as written. The time is taken just before the write: the fsync of this one small
-    file and the rename (about 0.1 ms here) are all that separate it from the commit."""
-    now = time.time()
-    written = [(name, now if at is None else at) for name, at in entries[:-1]]
-    written.append((entries[-1][0], now))
-    write_atomic(state_file(root), checkpoint_state.render(written).encode())
-    return written
-
-
-def staging_dir(root: Path, step: int) -> Path:
-    """A fresh hidden directory beside the final place of SavedModel ``step``."""
-    parent = savedmodels_dir(root)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{step}-", dir=parent))
-    staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 would lock out a reader of another user
-    fsync_dir(parent)  # so the rename that commits it later moves an entry that is on disk
-    return staging
-
-
-def commit_dir(staging: Path, final: Path) -> None:
-    """Publish a staged SavedModel: flush it, record the commit time, then one rename makes it a
-    version. The time is taken after the tree's fsync, just before the rename."""
-    fsync_tree(staging)
-    stamp = staging / COMMIT_FILE
-    stamp.write_text(json.dumps({"committed_at": time.time()}))
-    fsync_files([stamp])
-    fsync_dir(staging)
-    os.rename(staging, final)  # fails rather than merge if ``final`` already holds a version
-    fsync_dir(final.parent)
-
-
-def discard_dir(path: Path) -> None:
-    """Remove a version directory: first hide it with a rename, so no reader lists half of it."""
-    path = Path(path)
-    hidden = path.parent / f"{STAGING_PREFIX}discard-{path.name}-{os.getpid()}"
-    try:
-        os.rename(path, hidden)
-    except FileNotFoundError:
-        return
-    # Durable before the delete: after a power loss mid-delete, the half-deleted version must
-    # come back hidden (and be cleaned), never under its number.
-    fsync_dir(path.parent)
-    shutil.rmtree(hidden, ignore_errors=True)
-
-
-def remove_checkpoint_files(prefix: Path) -> None:
-    """Every file of checkpoint ``prefix``, with whatever TF left half-written for it: its temp
-    files and the Saver's ``<prefix>_temp`` shard directory."""
-    prefix = Path(prefix)
-    for path in prefix.parent.glob(f"{prefix.name}[._]*"):
-        match = _CHECKPOINT_FILE.match(path.name)
-        if match and match.group(1) == prefix.name:
-            path.unlink(missing_ok=True)
-        elif path.name.startswith(f"{prefix.name}_temp") and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def clean_leftovers(root: Path) -> list[Path]:
-    """Remove what a crash left half-written; returns what was removed.
-
-    That is: staging directories and temp files, Saver's ``*_temp`` shard directories, TF's
-    temp files, and checkpoint files newer than the newest committed checkpoint (written, never
-    committed).
-    """
-    removed: list[Path] = []
-    for parent in (savedmodels_dir(root), checkpoints_dir(root), Path(root)):
-        if not parent.is_dir():
-            continue
-        for path in parent.iterdir():
-            if path.name.startswith(STAGING_PREFIX) or (
-                    parent.name == CHECKPOINTS and path.is_dir() and "_temp" in path.name):
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-                removed.append(path)
-    newest = latest_checkpoint(root)
-    newest_step = newest.step if newest else -1
-    if checkpoints_dir(root).is_dir():
-        for path in checkpoints_dir(root).iterdir():
-            match = _CHECKPOINT_FILE.match(path.name)
-            if match and (match.group(3) or checkpoint_step(match.group(1)) > newest_step):
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
-
-
 # -- the manifest: which model a directory holds -------------------------------------------------
 
 
@@ -360,37 +254,3 @@ def read_manifest(root: Path) -> dict | None:
 
 def has_versions(root: Path) -> bool:
     return latest_checkpoint(root) is not None or latest_savedmodel(root) is not None
-
-
-def check_writable_dir(root: Path) -> None:
-    """Raise LayoutError unless ``root`` is, or can become, a writable directory."""
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise LayoutError(f"export dir {root} is a file, not a directory")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(prefix=STAGING_PREFIX, dir=root)
-        probe.close()
-    except OSError as err:
-        raise LayoutError(f"export dir {root} is not writable: {err.strerror or err}") from err
-
-
-def claim(root: Path, model: str) -> None:
-    """Make ``root`` an export dir of ``model``; refuse one that holds another model's versions."""
-    root = Path(root)
-    check_writable_dir(root)
-    manifest = read_manifest(root)
-    if manifest is not None and manifest.get("model") != model:
-        raise LayoutError(f"export dir {root} holds versions of model "
-                          f"{manifest.get('model')!r}, not {model!r}")
-    if manifest is None and has_versions(root):
-        raise LayoutError(f"export dir {root} holds versions but no {MANIFEST}; "
-                          "refusing to mix them with a new model's")
-    made = [sub for sub in (checkpoints_dir(root), savedmodels_dir(root), events_dir(root))
-            if not sub.is_dir()]
-    for sub in made:
-        sub.mkdir()
-    if made:
-        fsync_dir(root)  # the new entries survive a crash before anything is committed in them
-    if manifest is None:
-        write_atomic(root / MANIFEST, json.dumps({"model": model}).encode())

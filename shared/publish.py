@@ -8,7 +8,7 @@ checkpoints at that moment, so a reader could meet a committed checkpoint with n
 call it with ``write_state=False, write_meta_graph=False``, write the meta graph ourselves,
 fsync, and only then replace the state file; retention runs after the commit.
 
-SavedModels: built in a staging directory, fsynced, renamed into place (``layout.commit_dir``).
+SavedModels: built in a staging directory, fsynced, renamed into place (``commit.commit_dir``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from shared import contract, durable, layout, logs
+from shared import commit, contract, durable, layout, logs
 from shared.contract import ServingGraph
 from shared.tfcompat import tf, v1
 
@@ -97,14 +97,14 @@ class Publisher:
             durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
             durable.fsync_dir(prefix.parent)  # the Saver's renames of the data into place
             # the commit: from here on, a version
-            self._entries = layout.write_checkpoint_state(self.root, kept)
+            self._entries = commit.write_checkpoint_state(self.root, kept)
         except WRITE_ERRORS as err:
             self._entries = layout.read_checkpoint_entries(self.root)
             if prefix.name not in self._names():  # failed before its commit: nothing to keep
-                layout.remove_checkpoint_files(prefix)
+                commit.remove_checkpoint_files(prefix)
                 raise PublishError("checkpoint", step, err) from None
         for name, _ in entries[:len(entries) - len(kept)]:
-            self._retire(layout.remove_checkpoint_files, self.root / layout.CHECKPOINTS / name,
+            self._retire(commit.remove_checkpoint_files, self.root / layout.CHECKPOINTS / name,
                          keep_every=True)
         return prefix
 
@@ -144,9 +144,9 @@ class Publisher:
             return None
         staging = None
         try:
-            staging = layout.staging_dir(self.root, step)
+            staging = commit.staging_dir(self.root, step)
             self._build_savedmodel(session, staging, serving, serve_from)
-            layout.commit_dir(staging, final)
+            commit.commit_dir(staging, final)
         except BaseException as err:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -156,7 +156,7 @@ class Publisher:
                 raise PublishError("savedmodel", step, err) from None
         if self.keep_exports:
             for old in layout.savedmodel_versions(self.root)[:-self.keep_exports]:
-                self._retire(layout.discard_dir, old.path)
+                self._retire(commit.discard_dir, old.path)
         return final
 
     def _build_savedmodel(self, session: tf.compat.v1.Session, staging: Path,

@@ -10,9 +10,9 @@ from tests.helpers import REPO
 def train(export_dir: Path, model: str, steps: int, **overrides):
     """Run the producer's loop in this process (TensorFlow is imported once per test session)."""
     from producer import train as producer_train
-    from shared import layout
+    from shared import commit
 
-    layout.claim(export_dir, model)  # as the producer's main does, before it trains
+    commit.claim(export_dir, model)  # as the producer's main does, before it trains
     config = producer_train.Config(
         model=model, export_dir=Path(export_dir), steps=steps,
         checkpoint_every=overrides.pop("checkpoint_every", 100),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from shared import layout
-from shared.processes import REPO, ForkServer, Process, command, env  # noqa: F401 - for tests
+from shared import commit
+from harness.processes import REPO, ForkServer, Process, command, env  # noqa: F401 - for tests
 
 
 def run(module: str, *args, timeout: float = 300,
@@ -25,7 +25,7 @@ class LinearVersions:
 
         self.spec = models.MODELS["linear"]
         self.dataset = datasets.load({"name": "linear", "seed": 0})
-        layout.claim(root, "linear")
+        commit.claim(root, "linear")
         self.graph = models.build_training_graph(self.spec, self.dataset, seed=0)
         self.publisher = Publisher(root, self.graph, keep_checkpoints=keep, keep_exports=keep)
         with self.graph.as_default():

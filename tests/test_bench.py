@@ -4,7 +4,7 @@ every row is there with real figures, never how fast they are: timing belongs in
 import re
 import subprocess
 
-from shared.processes import REPO, command, env
+from harness.processes import REPO, command, env
 
 
 def test_quick_bench_prints_every_row_with_figures(tmp_path):

@@ -12,7 +12,7 @@ import os
 import random
 import time
 
-from shared import layout
+from shared import commit, layout
 from tests.helpers import ForkServer, Process
 
 STEPS, CHECKPOINT_EVERY, EXPORT_EVERY = 10_000, 20, 40
@@ -74,7 +74,7 @@ def test_kill_9_in_a_loop_loses_nothing_committed_and_the_run_completes(tmp_path
         assert [e["step"] for e in follower.named("evaluated")] == loaded
         assert [e for e in follower.named("load_failed") if not e["deleted_while_loading"]] == []
     # nothing half-written is left after the last start, and what is committed is whole
-    assert layout.clean_leftovers(root) == []
+    assert commit.clean_leftovers(root) == []
     for name in layout.read_checkpoint_state(root):
         assert layout.checkpoint_is_complete(layout.checkpoints_dir(root) / name)
     for version in layout.savedmodel_versions(root):

@@ -10,8 +10,8 @@ import pytest
 
 from consumer import evaluate, loader, train
 from producer import cluster
-from shared import layout
-from shared.processes import ForkServer, Process, local_cluster
+from shared import commit, layout
+from harness.processes import ForkServer, Process, local_cluster
 from tests.helpers import run
 
 
@@ -147,7 +147,7 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
     assert chief.named("training_resumed")[0]["step"] == newest
     assert layout.latest_checkpoint(root).step >= target
     complete_versions_only(root)
-    assert layout.clean_leftovers(root) == []
+    assert commit.clean_leftovers(root) == []
 
 
 @pytest.mark.parametrize("args, message", [

@@ -13,7 +13,7 @@ import signal
 import pytest
 import structlog
 
-from shared import dirlock, layout
+from shared import commit, dirlock, layout
 from tests.helpers import Process, run
 
 FULL = 10_000  # bytes a file may grow to: less than any .meta or saved_model.pb of ours
@@ -110,10 +110,10 @@ def test_a_disk_that_stays_full_ends_the_run_with_one_line(args, message, tmp_pa
 
 
 def _copy_savedmodel(source_root, step, root):
-    layout.claim(root, "linear")
-    staging = layout.staging_dir(root, step)
+    commit.claim(root, "linear")
+    staging = commit.staging_dir(root, step)
     shutil.copytree(layout.savedmodel_path(source_root, step), staging, dirs_exist_ok=True)
-    layout.commit_dir(staging, layout.savedmodel_path(root, step))
+    commit.commit_dir(staging, layout.savedmodel_path(root, step))
 
 
 def test_the_consumer_on_a_full_disk_logs_and_carries_on_then_gives_up(tmp_path, linear_export):
@@ -215,10 +215,10 @@ def test_hostile_exports_are_refused_before_they_cost_anything(tmp_path, mlp_exp
     root, outside = tmp_path / "exports", tmp_path / "outside"
     outside.mkdir()
     (outside / "outside.txt").write_text("not yours\n" * 5)
-    layout.claim(root, "mlp")
+    commit.claim(root, "mlp")
 
-    def commit(step, alter=None):
-        staging = layout.staging_dir(root, step)
+    def publish_copy(step, alter=None):
+        staging = commit.staging_dir(root, step)
         shutil.copytree(source, staging, dirs_exist_ok=True)
         if alter:
             alter(staging)
@@ -236,7 +236,7 @@ def test_hostile_exports_are_refused_before_they_cost_anything(tmp_path, mlp_exp
         1400: (lambda p: _edit_serve_meta_graph(p, _point_the_asset_outside),
                "lies outside its SavedModel"),
     }
-    commit(1000)
+    publish_copy(1000)
     running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source="savedmodel",
                              mode=loader.EVALUATE))
     try:
@@ -244,12 +244,12 @@ def test_hostile_exports_are_refused_before_they_cost_anything(tmp_path, mlp_exp
         rss = _rss_mb()
         with structlog.testing.capture_logs() as events:
             for step, (alter, _) in hostile.items():
-                commit(step, alter)
+                publish_copy(step, alter)
                 running.wait_until(lambda: str(layout.savedmodel_path(root, step))
                                    in running.consumer.stats.failed, what=f"{step} refused")
                 assert running.consumer.live.version.step == 1000  # the live version stays
             (layout.savedmodels_dir(root) / "1450").symlink_to(source)  # a linked version name
-            commit(1500)
+            publish_copy(1500)
             running.wait_loaded(1500)
         grown = _rss_mb() - rss
     finally:

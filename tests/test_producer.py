@@ -13,7 +13,7 @@ import termios
 import numpy as np
 import pytest
 
-from shared import contract, datasets, layout
+from shared import commit, contract, datasets, layout
 from tests.helpers import REPO, run
 
 
@@ -200,7 +200,7 @@ def test_keep_checkpoint_every_hours_keeps_files_outside_the_state(tmp_path):
     spec = models.MODELS["linear"]
     graph = models.build_training_graph(spec, datasets.load({"name": "linear"}), seed=0)
     for hours, root in ((None, tmp_path / "plain"), (1e-6, tmp_path / "hourly")):
-        layout.claim(root, "linear")
+        commit.claim(root, "linear")
         publisher = Publisher(root, graph, keep_checkpoints=2, keep_checkpoint_every_hours=hours)
         with v1.Session(graph=graph) as session:
             session.run(v1.global_variables_initializer())

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from shared import layout
-from shared.rest_client import RestClient as Client
+from shared import commit, layout
+from harness.rest_client import RestClient as Client
 from tests.helpers import LinearVersions, Process, intercept_for
 
 MIB = 1024 * 1024
@@ -29,11 +29,11 @@ def start_server(export_dir, work_dir, *extra) -> tuple[Process, int]:
 def mlp_server(mlp_export, tmp_path_factory):
     """A server on a copy of the mlp's last SavedModel (step 10000)."""
     root = tmp_path_factory.mktemp("served") / "exports"
-    layout.claim(root, "mlp")
+    commit.claim(root, "mlp")
     source = layout.latest_savedmodel(mlp_export.root)
-    staging = layout.staging_dir(root, source.step)
+    staging = commit.staging_dir(root, source.step)
     shutil.copytree(source.path, staging, dirs_exist_ok=True)
-    layout.commit_dir(staging, layout.savedmodel_path(root, source.step))
+    commit.commit_dir(staging, layout.savedmodel_path(root, source.step))
     server, port = start_server(root, root.parent / "work")
     server.wait_for(lambda e: e["event"] == "model_loaded", timeout=60)
     client = Client(port)
@@ -230,7 +230,7 @@ def test_swaps_under_load_fail_no_request_and_each_answer_matches_its_version(tm
 def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_export):
     """The swap's invariant, in one process with real sessions: a request runs to its end on its
     version, and that version's session becomes the standby for a warm restore only then."""
-    from consumer import api as api_module
+    from consumer.serving import calls
     from consumer import loader
     from consumer.manager import Manager
 
@@ -251,7 +251,7 @@ def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_exp
         old.session.run("probabilities:0", {name: features})
         assert graph._idle == [] and not old.session._closed
     assert graph._idle == [old.session]  # its last request ended: now it is the standby
-    answer, step = api_module.Api(manager, mlp_export.root, "mlp").predict("mlp", None, body)
+    answer, step = calls.Api(manager, mlp_export.root, "mlp").predict("mlp", None, body)
     assert step == newer.step and json.loads(answer)["predictions"]
     manager.close()
     graph.retire()
@@ -260,7 +260,7 @@ def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_exp
 
 def test_the_consumer_runs_with_huge_pages_for_its_restores(mlp_server):
     """It re-executed itself with glibc's tunable (same pid): large restores fault in 2 MiB pages."""
-    from shared import hugepages
+    from consumer import hugepages
 
     server, _, _ = mlp_server
     environ = open(f"/proc/{server.popen.pid}/environ", "rb").read().split(b"\0")

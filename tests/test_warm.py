@@ -11,7 +11,7 @@ import pytest
 
 from consumer import evaluate, loader
 from consumer.loop import Config, Consumer
-from shared import layout
+from shared import commit, layout
 from tests.helpers import LinearVersions, intercept_for
 
 
@@ -34,9 +34,9 @@ def _rss_mb() -> float:
 
 
 def _commit_copy(source, root, step: int) -> None:
-    staging = layout.staging_dir(root, step)
+    staging = commit.staging_dir(root, step)
     shutil.copytree(source, staging, dirs_exist_ok=True)
-    layout.commit_dir(staging, layout.savedmodel_path(root, step))
+    commit.commit_dir(staging, layout.savedmodel_path(root, step))
 
 
 @pytest.mark.parametrize("kind", ["savedmodel", "checkpoint"])
@@ -65,10 +65,10 @@ def test_each_warm_swap_gives_the_same_figures_as_a_fresh_load(kind, versioned):
 def test_a_changed_graph_or_changed_assets_take_the_full_path(tmp_path, mlp_export, linear_export):
     mlp = layout.latest_savedmodel(mlp_export.root)
     root = tmp_path / "exports"
-    layout.claim(root, "mlp")
+    commit.claim(root, "mlp")
     _commit_copy(mlp.path, root, 1)
     _commit_copy(mlp.path, root, 2)  # the same graph and assets: warm
-    relabeled = layout.staging_dir(root, 3)
+    relabeled = commit.staging_dir(root, 3)
     shutil.copytree(mlp.path, relabeled, dirs_exist_ok=True)
     labels = relabeled / "assets" / "labels.txt"
     labels.write_text(labels.read_text().replace("class_", "kind_"))
@@ -101,7 +101,7 @@ def test_memory_stays_flat_over_hundreds_of_reloads_of_the_real_loop(warm_swap, 
     of its own for each). The leak the collect cured grew 46 MB over 480 loads."""
     source = layout.latest_savedmodel(mlp_export.root).path
     root = tmp_path / "exports"
-    layout.claim(root, "mlp")
+    commit.claim(root, "mlp")
     stop = threading.Event()
     consumer = Consumer(Config(export_dir=root, work_dir=tmp_path / "work", source="savedmodel",
                                mode=loader.EVALUATE, rescan=0.5,
@@ -120,7 +120,7 @@ def test_memory_stays_flat_over_hundreds_of_reloads_of_the_real_loop(warm_swap, 
                 samples[step] = _rss_mb()
                 assert consumer.live.load == (loader.WARM if warm_swap else loader.FULL)
             if step > 3:  # keep the directory small; the consumer only needs the newest
-                layout.discard_dir(layout.savedmodel_path(root, step - 3))
+                commit.discard_dir(layout.savedmodel_path(root, step - 3))
     finally:
         stop.set()
         thread.join(timeout=30)

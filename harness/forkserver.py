@@ -10,7 +10,7 @@ ps and workers with it, and a quick bench run its consumers, publishers and prod
 Forking is safe here because the server never *runs* TensorFlow: it imports it and waits. A
 child makes its own sessions, thread pools and gRPC servers after the fork.
 
-The server sets glibc's huge-page tunable itself (``shared.hugepages``), so a consumer child
+The server sets glibc's huge-page tunable itself (``consumer.hugepages``), so a consumer child
 finds it set and does not execute itself again, which would throw the warm import away.
 
 Protocol, over a SOCK_SEQPACKET socket pair (one message per send): the client sends the argv

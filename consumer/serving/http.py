@@ -1,6 +1,6 @@
 """HTTP for serve mode: TF Serving's REST paths on Starlette, served by uvicorn on its own thread.
 
-Handlers are thin: read the body, hand the call to ``consumer.api`` on a small thread pool,
+Handlers are thin: read the body, hand the call to ``consumer.serving.calls`` on a small pool,
 render. Nothing blocking runs on the event loop: parsing, ``Session.run`` (which releases the
 GIL) and rendering all happen on the pool. The consumer's loop loads versions on the main
 thread, so a load never queues behind requests, nor they behind it.
@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from consumer import metrics as metrics_module
-from consumer.api import Api
-from consumer.tensors import ApiError, dumps
+from consumer.serving import metrics as metrics_module
+from consumer.serving.calls import Api
+from consumer.serving.json_tensor import ApiError, dumps
 from shared import logs
 
 log = logs.get("consumer")

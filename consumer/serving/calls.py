@@ -1,18 +1,18 @@
-"""TF Serving's REST API over the manager: status, metadata and predict, without any HTTP.
+"""The protocol-neutral calls of a model server over the manager: status, metadata, predict.
 
 Each call takes a handle on the live version for its whole length (``Manager.handle``), so a
 swap never changes the version under a request, and answers what TF Serving would answer. A
-failure is a ``tensors.ApiError`` with TF Serving's status code. ``consumer.server`` puts
-these calls behind HTTP.
+failure is an ``ApiError`` with TF Serving's status code. ``consumer.serving.http`` puts these
+calls behind HTTP.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from consumer import tensors
 from consumer.manager import Manager, Servable
-from consumer.tensors import ApiError
+from consumer.serving import json_tensor
+from consumer.serving.json_tensor import ApiError
 from shared import layout
 from shared.tfcompat import tf
 
@@ -40,14 +40,14 @@ class Api:
 
     def predict(self, name: str, version: str | None, body: bytes) -> tuple[bytes, int]:
         """The response body and the version that answered."""
-        request = tensors.parse_request(body)
+        request = json_tensor.parse_request(body)
         with self.manager.handle() as servable:
             servable = self._resolve(name, version, servable)
             signature = servable.loaded.signatures.get(request.signature_name)
             if signature is None:
                 raise ApiError(400, f"Serving signature name: \"{request.signature_name}\" not "
                                     "found in signature def")
-            feeds = tensors.feeds(request, signature)
+            feeds = json_tensor.feeds(request, signature)
             fetches = {key: spec.name for key, spec in signature.outputs.items()}
             try:
                 outputs = servable.loaded.session.run(fetches, feeds)
@@ -56,7 +56,7 @@ class Api:
             except tf.errors.OpError as err:
                 raise ApiError(500, _first_line(err.message)) from None
             step = servable.step
-        return tensors.dumps(tensors.response(request, outputs)), step
+        return json_tensor.dumps(json_tensor.response(request, outputs)), step
 
     def served_name(self, live: bool = False) -> str | None:
         """The served name: ``--model-name``, else export.json's ``model``, else (once a version

@@ -81,17 +81,17 @@ class ForkedChild:
 
 class ForkServer:
     """Starts ``python -m MODULE`` children warm, forked from a server that imported TensorFlow
-    and MODULE once (``shared.forkserver``): a few ms a start instead of ~5 s. For tests that
+    and MODULE once (``harness.forkserver``): a few ms a start instead of ~5 s. For tests that
     start one program many times; ``Process(..., server=...)`` takes it."""
 
     def __init__(self, module: str, timeout: float = 120) -> None:
-        from shared import hugepages
+        from consumer import hugepages
 
         self.module = module
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), hugepages.TUNABLE]))
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "shared.forkserver", module, str(theirs.fileno())], cwd=REPO,
+            [sys.executable, "-m", "harness.forkserver", module, str(theirs.fileno())], cwd=REPO,
             pass_fds=[theirs.fileno()], env={**env(), "GLIBC_TUNABLES": tunables},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         theirs.close()
