@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from consumer import loader
-from consumer.serving.calls import Api
-from consumer.manager import Manager
+from consumer.loop import Config
+from consumer.serving.calls import Calls, Target
+from consumer.serving.models import Models, ServedModel
+from consumer.serving.rest import RestApi
 from shared import layout
 
 
@@ -29,14 +32,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    manager = Manager()
-    manager.swap(loader.load(layout.latest_savedmodel(args.export_dir), loader.SERVE))
-    live = manager.live
+    config = Config(export_dir=args.export_dir, work_dir=Path(tempfile.mkdtemp()),
+                    source="savedmodel", mode=loader.SERVE)
+    model = ServedModel("mlp", config)  # its loop is never started: one version, loaded here
+    model.manager.add(loader.load(layout.latest_savedmodel(args.export_dir), loader.SERVE))
+    models = Models()
+    models.add(model)
+    live = model.manager.live
     signature = live.signatures["serving_default"]
     features = next(iter(signature.inputs.values()))
     rows = json.loads(args.body)["instances"]
     feeds = {features.name: np.asarray(rows, features.dtype)}
-    fetches = {key: spec.name for key, spec in signature.outputs.items()}
+    fetches = signature.fetches()
 
     def timed(call, seconds: float) -> list[float]:
         took, deadline = [], time.monotonic() + seconds
@@ -46,7 +53,7 @@ def main() -> None:
             took.append(time.perf_counter() - started)
         return took
 
-    run_once = lambda: live.session.run(fetches, feeds)  # noqa: E731
+    run_once = lambda: live.run(feeds, fetches)  # noqa: E731 - the server's own callable
     counts = [0] * args.threads
 
     def worker(index: int) -> None:
@@ -57,15 +64,14 @@ def main() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    api = Api(manager, args.export_dir, None)
-    name = api.served_name(live=True)
+    api, target = RestApi(Calls(models)), Target("mlp")
     body = args.body.encode()
     run_alone = timed(run_once, min(2.0, args.seconds))
-    predict = timed(lambda: api.predict(name, None, body), min(2.0, args.seconds))
+    predict = timed(lambda: api.predict(target, body), min(2.0, args.seconds))
     print(json.dumps({"event": "inprocess", "requests_per_s": sum(counts) / args.seconds,
                       "session_run_s": statistics.median(run_alone),
                       "api_predict_s": statistics.median(predict)}), flush=True)
-    manager.close()
+    model.manager.close()
 
 
 if __name__ == "__main__":

@@ -86,13 +86,16 @@ def _staleness(answers: list[Answer], commits: list[dict]) -> list[float]:
 
 
 def _server_seconds(port: int) -> float:
-    """Mean time a predict spent in the API (parse, run, render), from the server's histogram."""
+    """Mean time a predict spent in the server (parse, run, render), from its histograms: the
+    sum over every version's series."""
     client = RestClient(port)
     text = client.call("GET", "/monitoring/prometheus/metrics")[2].decode()
     client.close()
-    pick = lambda name: float(re.search(  # noqa: E731
-        rf'^handoff_request_latency_seconds_{name}{{endpoint="predict"}} (\S+)$', text, re.M)[1])
-    return pick("sum") / pick("count")
+
+    def total(name: str) -> float:
+        series = rf'^handoff_request_latency_seconds_{name}{{[^}}]*endpoint="predict"[^}}]*}} (\S+)$'
+        return sum(float(match[1]) for match in re.finditer(series, text, re.M))
+    return total("sum") / total("count")
 
 
 def serving_run(versions: int, interval: float, tmp: Path) -> dict:
@@ -101,7 +104,7 @@ def serving_run(versions: int, interval: float, tmp: Path) -> dict:
                  "--model", "mlp", "--kind", "savedmodel", "--first-step", 0)
     assert seed.wait(timeout=120) == 0, seed.stderr
     server = start("consumer", "--mode", "serve", "--export-dir", root, "--work-dir",
-                   tmp / "serving" / "work", "--port", 0)
+                   tmp / "serving" / "work", "--port", 0, "--grpc-port", 0)
     try:
         port = server.wait_for(lambda e: e["event"] == "serving", timeout=60)["port"]
         server.wait_for(lambda e: e["event"] == "model_loaded", timeout=60)

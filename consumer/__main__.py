@@ -36,7 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve = parser.add_argument_group("serve mode (TF Serving's REST API)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=cli.port, default=8501, help="0 picks a free port")
+    serve.add_argument("--port", type=cli.port, default=8501,
+                       help="REST port (TF Serving's 8501); 0 picks a free port")
+    serve.add_argument("--grpc-port", type=cli.port, default=8500,
+                       help="gRPC port (TF Serving's 8500); 0 picks a free port")
     serve.add_argument("--model-name", default=None,
                        help="the name in /v1/models/NAME (default: export.json's model)")
     serve.add_argument("--max-regression", type=cli.non_negative_float, default=None,
@@ -83,9 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                     max_publish_failures=args.max_publish_failures)
     log = logs.get(PROG)
     if args.mode == "serve":
-        from consumer.serving.server import serve
+        from consumer.serving import server
 
-        stats = serve(config, stop, host=args.host, port=args.port, model_name=args.model_name)
+        spec = server.ModelSpec(args.model_name or server.export_dir_name(args.export_dir),
+                                args.export_dir, source=args.source)
+        options = server.Options(host=args.host, rest_port=args.port,
+                                 grpc_port=args.grpc_port, work_dir=args.work_dir, loop=config)
+        served = server.ModelServer(options, [spec], PROG)
+        log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
+                 mode=args.mode, until_step=args.until_step)
+        stats = served.run(stop)
     else:
         log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
                  mode=args.mode, until_step=args.until_step)

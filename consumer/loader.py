@@ -58,7 +58,15 @@ class Loaded:
 
     @property
     def dataset(self):
-        return (self.serving or self.training).dataset
+        """The dataset its graph names (our contract), or None for any other SavedModel."""
+        contract_view = self.serving or self.training
+        return contract_view.dataset if contract_view is not None else None
+
+    def run(self, feeds: dict[str, object], fetches: tuple[str, ...]) -> list:
+        """Fetch these graph tensors with these feeds (graph tensor name -> array), through a
+        callable of this version's session."""
+        names = tuple(feeds)
+        return self.imported.callable(self.session, names, fetches)(*feeds.values())
 
     def close(self) -> None:
         """The version is out of use: its session goes back to its graph as the standby."""
@@ -99,7 +107,10 @@ def load(version: layout.Version, purpose: str, current: ImportedGraph | None = 
             _warm_up(session, imported)
             phases["warm_up"] = time.perf_counter() - mark
     except Exception as err:  # anything a bad version can raise: TF, protobuf, OS, contract
-        session.close()  # half-restored: never reused
+        if imported is not None:
+            imported.close_session(session)  # half-restored: never reused
+        else:
+            session.close()
         raise _load_error(err) from err
     return Loaded(version, imported, session, phases, load_kind)
 
@@ -138,7 +149,9 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
         if tag == contract.TRAIN_TAG:
             imported.training = contract.read_training(graph, version.root)
             return imported
-        imported.serving = contract.read_serving(graph, meta_graph, version.root)
+        if purpose != SERVE or contract.names_dataset(graph):
+            # our contract: required to evaluate, optional to serve (any SavedModel serves)
+            imported.serving = contract.read_serving(graph, meta_graph, version.root)
         if purpose == SERVE:  # parsed once per graph here, not on every request
             imported.signatures = {name: Signature.from_proto(proto)
                                    for name, proto in meta_graph.signature_def.items()}
@@ -160,11 +173,13 @@ def _warm_up(session: v1.Session, imported: ImportedGraph) -> None:
     set of feeds and fetches is the slow one, and a version that cannot run on its own dataset
     should fail here, before it replaces anything."""
     training, serving = imported.training, imported.serving
+    if serving is None and training is None:
+        return  # not written to our contract: the server replays its warm-up requests instead
     features, labels = (serving or training).dataset.eval_split
     signature = imported.signatures.get(contract.SIGNATURE_KEY)
-    if signature is not None:  # serve mode: all of the signature's outputs, as a request asks
-        session.run({key: spec.name for key, spec in signature.outputs.items()},
-                    {serving.features: features[:1]})
+    if signature is not None:  # serve mode: the callable a request for all outputs will use
+        run = imported.callable(session, (serving.features.name,), signature.fetches())
+        run(features[:1].astype(serving.features.dtype.as_numpy_dtype))
     elif serving is not None:
         session.run(serving.output, {serving.features: features[:1]})
     else:

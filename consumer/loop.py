@@ -1,37 +1,47 @@
-"""The consumer's loop: takes each new version from the source, loads it, and only once it is
-ready (and, in serve mode, has passed the promotion gate) makes it live through the manager.
-Then it evaluates or trains the live version; in serve mode the HTTP server answers from it.
+"""The consumer's loop: keeps the versions its policy asks for loaded, through load, gate and
+the manager, as TF Serving's aspired-versions manager does.
 
-A version that fails to load, or that the gate refuses, is logged and skipped, and the live one
-stays live. A version deleted while it was loading (retention) is not held against anyone: the
-next pass takes the newest.
+Each pass reads what is committed, and the policy (``latest(1)`` unless told otherwise) names
+the versions it wants, newest first. Each one not loaded yet is loaded and, in serve mode,
+passes the promotion gate before the manager makes it available: only then can it answer. A
+version that fails to load, or that the gate refuses, is logged and never tried again (unless it
+is written anew), and what was available stays available. Versions the policy no longer wants
+are unloaded once one it wants is available: a model never goes dark because its newest version
+is broken, or because its files were deleted.
+
+Whenever the latest version changes, it is evaluated or trained on (evaluate and train modes).
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
-from consumer import evaluate, loader, train
+from consumer import gate, loader
 from consumer.manager import Manager
 from consumer.source import VersionSource
-from consumer.summaries import EvalSummaries
+from consumer.work import Worker
 from shared import commit, layout, logs
-from shared.publish import WRITE_ERRORS, PublishError, describe
 
 log = logs.get("consumer")
+
+Policy = Callable[[list[layout.Version]], list[layout.Version]]  # wanted versions, newest first
+
+
+def latest(count: int = 1) -> Policy:
+    """The ``count`` newest versions (TF Serving's default policy, with ``count`` 1)."""
+    return lambda listing: list(reversed(listing))[:count]
 
 
 @dataclass(frozen=True)
 class Config:
-    export_dir: Path
+    export_dir: Path  # an export dir, or a TF Serving base path (source "base")
     work_dir: Path
-    source: str  # "savedmodel" or "checkpoint"
+    source: str  # "savedmodel" or "checkpoint" in an export dir, or "base"
     mode: str  # loader.EVALUATE, loader.TRAIN or loader.SERVE
     train_steps: int = 100
     max_regression: float | None = None  # serve mode: refuse a loss this fraction above live
@@ -42,20 +52,24 @@ class Config:
     max_publish_failures: int = 3  # train mode: in a row, then the loop gives up
 
 
-class VersionEvents(Protocol):
-    """Told of each version that goes live or is refused (serve mode: the server's metrics)."""
-
-    def went_live(self, step: int) -> None: ...
-
-    def refused(self, reason: str) -> None: ...
-
-
 @dataclass
 class Stats:
     loaded: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     handoff_seconds: list[float] = field(default_factory=list)
     fatal: str | None = None  # why the loop gave up, in one line: the process exits 1
+
+
+class VersionEvents(Protocol):
+    """Told what happens to each version (serve mode: the server's status and metrics)."""
+
+    def loading(self, step: int) -> None: ...
+
+    def went_live(self, step: int) -> None: ...
+
+    def refused(self, step: int, reason: str, cause: str) -> None: ...
+
+    def unloaded(self, step: int) -> None: ...
 
 
 def _rss_mb() -> float | None:
@@ -72,8 +86,11 @@ def _rss_mb() -> float | None:
 
 class Consumer:
     def __init__(self, config: Config, stop: threading.Event, manager: Manager | None = None,
-                 events: VersionEvents | None = None) -> None:
-        """A ``manager`` passed in is shared (with an HTTP server) and closed by its owner."""
+                 events: VersionEvents | None = None, *, policy: Policy | None = None,
+                 prepare: Callable[[loader.Loaded], None] | None = None) -> None:
+        """A ``manager`` passed in is shared (with a server) and closed by its owner.
+        ``prepare`` runs on each loaded version before the gate (a server's warm-up requests);
+        it raises ``gate.Refused`` to refuse it."""
         self.config = config
         self.stop = stop
         self.source = VersionSource(config.export_dir, config.source, poll=config.poll,
@@ -82,20 +99,17 @@ class Consumer:
         self.manager = manager or Manager()
         self._owns_manager = manager is None
         self.events = events
-        self.refused: set[Path] = set()  # broken or gated versions: never tried again
-        self._refusal = ""  # why the last refused version was refused
-        self.publish_failures = 0  # in a row, in train mode
-        self.summaries = EvalSummaries(config.work_dir)
+        self.policy = policy or latest(1)
+        self.prepare = prepare
+        self.refused: dict[tuple, str] = {}  # version identity -> why: never tried again
+        self.worker = Worker(config.mode, config.export_dir, config.work_dir,
+                             config.train_steps, config.max_publish_failures, stop)
         self.stats = Stats()
+        self._gone_logged: set[tuple] = set()
 
     @property
     def live(self) -> loader.Loaded | None:
         return self.manager.live
-
-    def _wanted(self, version: layout.Version) -> bool:
-        if version.path in self.refused:
-            return False
-        return self.live is None or version.step > self.live.version.step
 
     def run(self) -> Stats:
         # Everything alive now (TensorFlow's modules above all) lives as long as the process:
@@ -105,39 +119,199 @@ class Consumer:
         if self.config.mode == loader.TRAIN:  # it writes there, and holds the dir's lock
             self._clean_work_dir()
         try:
-            while not self.stop.is_set():
-                version = self.source.next_version(self._wanted, self.stop)
-                if version is None:
-                    continue
-                swapped = self._swap_to(version)
-                if self._refused_at_until_step(version):  # nothing newer is waited for
-                    self.stats.fatal = (f"version {version.step} (--until-step "
-                                        f"{self.config.until_step}) was refused: {self._refusal}")
+            while not self.stop.is_set() and self.stats.fatal is None:
+                listing = self.source.next_listing(self._has_work, self.stop)
+                if listing is None:
                     break
-                if swapped:
-                    try:
-                        self._work()
-                    except Exception as err:  # the live version stays; the next may do better
-                        log.error("work_failed", step=version.step, mode=self.config.mode,
-                                  error=f"{type(err).__name__}: {err}"[:500])
-                if self.stats.fatal is not None:
-                    break
+                before = self._latest_identity()
+                self._reconcile(listing)
+                if self._latest_identity() not in (before, None):
+                    self._work()
                 # A tf.Graph holds reference cycles, so a dropped or refused version would wait
                 # for a full collection that may not come for hundreds of loads. Collect here,
                 # after the work and off the handoff's path, so memory stays flat.
                 gc.collect()
-                if (swapped and self.config.until_step is not None
-                        and version.step >= self.config.until_step):
+                if self._reached_until_step():
                     break
         finally:
             self.source.close()
-            self.summaries.close()
+            self.worker.close()
             if self._owns_manager:
-                last = self.live
-                self.manager.close()
-                if last is not None:
-                    last.imported.retire()
+                self.close_versions()
         return self.stats
+
+    def close_versions(self) -> None:
+        """Close every version and its graph (the owner of the manager calls this at the end)."""
+        graphs = {id(v.imported): v.imported for v in map(self.manager.get, self.manager.steps())}
+        self.manager.close()
+        for graph in graphs.values():
+            graph.retire()
+
+    # -- which versions ---------------------------------------------------------------------
+
+    def wanted(self, listing: list[layout.Version]) -> list[layout.Version]:
+        """What the policy asks for among the versions not refused, newest first."""
+        return self.policy([v for v in listing if v.identity not in self.refused])
+
+    def _has_work(self, listing: list[layout.Version]) -> bool:
+        wanted = self.wanted(listing)
+        return bool(self._to_load(wanted) or self._to_unload(wanted))
+
+    def _to_load(self, wanted: list[layout.Version]) -> list[layout.Version]:
+        loaded = {step: self.manager.get(step) for step in self.manager.steps()}
+        return [v for v in wanted
+                if loaded.get(v.step) is None or loaded[v.step].version.identity != v.identity]
+
+    def _to_unload(self, wanted: list[layout.Version]) -> list[int]:
+        """Available versions the policy no longer wants, once one it wants is available."""
+        available = set(self.manager.steps())
+        steps = {v.step for v in wanted}
+        return sorted(available - steps) if available & steps else []
+
+    def _reconcile(self, listing: list[layout.Version]) -> None:
+        for version in self._to_load(self.wanted(listing)):
+            if self.stop.is_set() or self.stats.fatal is not None:
+                return
+            self._load(version)
+        listed = {v.identity for v in listing}
+        for step in self._to_unload(self.wanted(listing)):
+            gone = self.manager.get(step).version.identity not in listed
+            self._unload(step, "its files are gone" if gone else "the policy no longer wants it")
+        self._warn_if_live_is_gone(listed)
+
+    def _warn_if_live_is_gone(self, listed: set) -> None:
+        live = self.live
+        if live is not None and live.version.identity not in listed and \
+                live.version.identity not in self._gone_logged:
+            self._gone_logged.add(live.version.identity)
+            log.warning("live_version_gone", step=live.version.step, path=str(live.version.path),
+                        reason="its files left the listing and no version there could replace it; "
+                               "it answers from memory until one can")
+
+    # -- one version ------------------------------------------------------------------------
+
+    def _load(self, version: layout.Version) -> bool:
+        """Load, gate and make ``version`` available; False if it was refused."""
+        if self.events is not None:
+            self.events.loading(version.step)
+        live = self.live
+        stamp = layout.tree_stamp(version.path) if version.in_base else None
+        try:
+            current = live.imported if live is not None and self.config.warm_swap else None
+            ready = loader.load(version, self.config.mode, current)
+        except loader.LoadError as err:
+            self._load_failed(version, str(err), stamp)
+            return False
+        if self.config.mode == loader.SERVE:
+            reason = self._gate(ready, live)
+            if reason is not None:
+                self._promotion_refused(ready, live, reason)
+                return False
+        previous = self.live
+        self.manager.add(ready)
+        ready_at = time.time()
+        # not clamped at 0: a negative figure means the writer's clock is ahead (NFS), and says so
+        handoff = ready_at - version.committed_at
+        replaced = previous if previous is not None and previous is not self.live else None
+        if replaced is not None and replaced.version.step == version.step:
+            # the same number written anew: the manager swapped it in place
+            if not self._graph_in_use(replaced.imported):
+                replaced.imported.retire()
+        if self.events is not None:
+            self.events.went_live(version.step)
+        self.stats.loaded.append(version.step)
+        self.stats.handoff_seconds.append(handoff)
+        log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
+                 load=ready.load, ready_at=ready_at, load_seconds=round(ready.load_seconds, 4),
+                 handoff_seconds=round(handoff, 4),
+                 phases={k: round(v, 4) for k, v in ready.phases.items()},
+                 replaced_step=replaced.version.step if replaced else None, rss_mb=_rss_mb())
+        if self.config.mode != loader.SERVE and replaced is not None and \
+                replaced.version.step != version.step:
+            self._unload(replaced.version.step, "superseded")  # one version at a time here
+        return True
+
+    def _gate(self, ready: loader.Loaded, live: loader.Loaded | None) -> str | None:
+        """Why the gate refuses ``ready``, or None. It is compared with the live version only
+        if it would replace it as the latest."""
+        try:
+            if self.prepare is not None:
+                started = time.perf_counter()
+                self.prepare(ready)
+                ready.phases["warm_up_requests"] = time.perf_counter() - started
+            gate.score(ready)
+        except gate.Refused as refused:
+            return str(refused)
+        newer = live is None or ready.version.step > live.version.step
+        return gate.refusal(ready, live if newer else None, self.config.max_regression)
+
+    def _load_failed(self, version: layout.Version, error: str, stamp: tuple | None) -> None:
+        deleted = not version.still_committed()
+        # A version copied into a base path in place may have been caught mid-copy: if its files
+        # moved while it loaded, it is tried again at the next scan rather than refused.
+        moving = stamp is not None and not deleted and layout.tree_stamp(version.path) != stamp
+        log.warning("load_failed", step=version.step, path=str(version.path), error=error,
+                    deleted_while_loading=deleted, **({"still_written": True} if moving else {}))
+        if not (deleted or moving):  # a vanished version is superseded; a broken one skipped
+            self._refuse(version, error, "load_failed")
+        self.stats.failed.append(str(version.path))
+
+    def _promotion_refused(self, ready: loader.Loaded, live: loader.Loaded | None,
+                           reason: str) -> None:
+        log.warning("promotion_refused", step=ready.version.step, path=str(ready.version.path),
+                    reason=reason, live_step=live.version.step if live else None,
+                    live_loss=(live.metrics or {}).get("loss") if live else None,
+                    **(ready.metrics or {}))
+        ready.close()
+        if not self._graph_in_use(ready.imported):
+            ready.imported.retire()  # a graph that never went live keeps no session
+        self._refuse(ready.version, reason, "promotion_refused")
+        self.stats.failed.append(str(ready.version.path))
+
+    def _refuse(self, version: layout.Version, reason: str, cause: str) -> None:
+        self.refused[version.identity] = reason
+        if self.events is not None:
+            self.events.refused(version.step, reason, cause)
+        until = self.config.until_step
+        live = self.live
+        if until is not None and version.step >= until and (live is None
+                                                            or live.version.step < until):
+            # nothing newer is waited for: the run ends here
+            self.stats.fatal = f"version {version.step} (--until-step {until}) was refused: {reason}"
+
+    def _unload(self, step: int, reason: str) -> None:
+        old = self.manager.remove(step)  # closes once its last request has ended
+        if old is None:
+            return
+        if not self._graph_in_use(old.imported):
+            old.imported.retire()  # its sessions close as they come free
+        if self.events is not None:
+            self.events.unloaded(step)
+        if self.config.mode == loader.SERVE:
+            log.info("model_unloaded", step=step, path=str(old.version.path), reason=reason)
+
+    def _graph_in_use(self, graph) -> bool:
+        return any(self.manager.get(s).imported is graph for s in self.manager.steps())
+
+    # -- the work on the latest version -----------------------------------------------------
+
+    def _latest_identity(self) -> tuple | None:
+        live = self.live
+        return live.version.identity if live is not None else None
+
+    def _work(self) -> None:
+        live = self.live
+        try:
+            self.worker.run(live)
+        except Exception as err:  # the live version stays; the next may do better
+            log.error("work_failed", step=live.version.step, mode=self.config.mode,
+                      error=f"{type(err).__name__}: {err}"[:500])
+        if self.worker.fatal is not None:
+            self.stats.fatal = self.worker.fatal
+
+    def _reached_until_step(self) -> bool:
+        live, until = self.live, self.config.until_step
+        return until is not None and live is not None and live.version.step >= until
 
     def _clean_work_dir(self) -> None:
         """What a crash of an earlier run left half-written in the work dir (train mode publishes
@@ -146,138 +320,3 @@ class Consumer:
         if removed:
             log.info("leftovers_removed", dir=str(self.config.work_dir), count=len(removed),
                      paths=[str(p) for p in removed])
-
-    def _refused_at_until_step(self, version: layout.Version) -> bool:
-        until = self.config.until_step
-        return until is not None and version.step >= until and version.path in self.refused
-
-    def _swap_to(self, version: layout.Version) -> bool:
-        """Load ``version``; only once it is ready does it replace the live one."""
-        live = self.live
-        try:
-            current = live.imported if live and self.config.warm_swap else None
-            ready = loader.load(version, self.config.mode, current)
-        except loader.LoadError as err:
-            deleted = not version.still_committed()
-            log.warning("load_failed", step=version.step, path=str(version.path), error=str(err),
-                        deleted_while_loading=deleted)
-            if not deleted:  # a vanished version is simply superseded; a broken one is skipped
-                self.refused.add(version.path)
-            self.stats.failed.append(str(version.path))
-            self._refusal = str(err)
-            self._count_refusal("load_failed")
-            return False
-        if self.config.mode == loader.SERVE and not self._promote(ready):
-            return False
-        previous = self.manager.swap(ready)  # released once its last request has ended
-        ready_at = time.time()
-        # not clamped at 0: a negative figure means the writer's clock is ahead (NFS), and says so
-        handoff = ready_at - version.committed_at
-        if previous is not None and previous.imported is not ready.imported:
-            previous.imported.retire()  # a new graph: the old one's sessions close
-        if self.events is not None:
-            self.events.went_live(version.step)
-        self.stats.loaded.append(version.step)
-        self.stats.handoff_seconds.append(handoff)
-        log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
-                 load=ready.load, ready_at=ready_at, load_seconds=round(ready.load_seconds, 4), handoff_seconds=round(handoff, 4),
-                 phases={k: round(v, 4) for k, v in ready.phases.items()},
-                 replaced_step=previous.version.step if previous else None, rss_mb=_rss_mb())
-        return True
-
-    def _promote(self, ready: loader.Loaded) -> bool:
-        """Serve mode's gate: score ``ready`` on its evaluation split before it takes traffic.
-        Refused: a metric that is NaN or infinite, or with ``max_regression`` R, a loss more than
-        the fraction R above the live version's."""
-        started = time.perf_counter()
-        try:
-            ready.metrics = evaluate.evaluate(ready)
-        except Exception as err:  # a version that cannot run its own data is not servable
-            ready.metrics = {"error": f"{type(err).__name__}: {err}"[:500]}
-        ready.phases["gate"] = time.perf_counter() - started
-        reason = _refusal(ready.metrics, self.live, self.config.max_regression)
-        if reason is None:
-            return True
-        live = self.live
-        log.warning("promotion_refused", step=ready.version.step, path=str(ready.version.path),
-                    reason=reason, live_step=live.version.step if live else None,
-                    live_loss=(live.metrics or {}).get("loss") if live else None, **ready.metrics)
-        ready.close()
-        if live is None or ready.imported is not live.imported:
-            ready.imported.retire()  # a graph that never went live keeps no session
-        self.refused.add(ready.version.path)
-        self.stats.failed.append(str(ready.version.path))
-        self._refusal = reason
-        self._count_refusal("promotion_refused")
-        return False
-
-    def _count_refusal(self, reason: str) -> None:
-        if self.events is not None:
-            self.events.refused(reason)
-
-    def _work(self) -> None:
-        live = self.live
-        if self.config.mode in (loader.EVALUATE, loader.SERVE):
-            # serve mode scored the version at its gate already; evaluate mode scores it now
-            metrics = live.metrics if live.metrics is not None else evaluate.evaluate(live)
-            log.info("evaluated", step=live.version.step, source=live.version.kind, **metrics)
-            self._record(live, metrics)
-            return
-        result = train.continue_training(live, self.config.train_steps, self.stop)
-        if result is None:
-            log.info("training_abandoned", step=live.version.step, reason="signal")
-            return
-        log.info("trained", **result)
-        self._publish(live, result["end_step"])
-
-    def _record(self, live: loader.Loaded, metrics: dict[str, float]) -> None:
-        """evaluations.jsonl and the TensorBoard scalars; a failure (a full disk) is logged, and
-        the evaluation stands in the log."""
-        step = live.version.step
-        try:
-            evaluate.record(self.config.work_dir / "evaluations.jsonl", live, metrics)
-        except OSError as err:
-            log.warning("record_failed", step=step, error=describe(err))
-        try:
-            self.summaries.write(step, metrics)
-        except WRITE_ERRORS as err:
-            log.warning("record_failed", step=step, error=describe(err), to="tensorboard")
-
-    def _publish(self, live: loader.Loaded, step: int) -> None:
-        """Train mode's versions, into the work dir. A failure is logged and the next version
-        tries again; after ``max_publish_failures`` in a row the loop gives up."""
-        try:
-            manifest = layout.read_manifest(self.config.export_dir) or {}
-            checkpoint, savedmodel = train.publish(live, self.config.work_dir, step,
-                                                   manifest.get("model", live.dataset.name))
-        except (PublishError, layout.LayoutError, OSError) as err:
-            self.publish_failures += 1
-            kind = err.kind if isinstance(err, PublishError) else "work_dir"
-            reason = err.reason if isinstance(err, PublishError) else describe(err)
-            log.error("publish_failed", step=step, kind=kind, error=reason,
-                      failures_in_a_row=self.publish_failures)
-            if self.publish_failures >= self.config.max_publish_failures:
-                self.stats.fatal = (f"{self.publish_failures} publish failures in a row in "
-                                    f"{self.config.work_dir}; the last: {reason}")
-            return
-        self.publish_failures = 0
-        if checkpoint is not None:  # None: this step was published before (a restart)
-            log.info("checkpoint_saved", step=step, path=str(checkpoint))
-        if savedmodel is not None:
-            log.info("model_exported", step=step, path=str(savedmodel))
-
-
-def _refusal(metrics: dict, live: loader.Loaded | None, max_regression: float | None) -> str | None:
-    """Why the gate refuses a version with these ``metrics``, or None if it passes."""
-    if "error" in metrics:
-        return f"its evaluation failed: {metrics['error']}"
-    bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
-    if bad:
-        return f"non-finite metrics: {', '.join(f'{n}={metrics[n]}' for n in bad)}"
-    if max_regression is None or live is None or not live.metrics or "loss" not in live.metrics:
-        return None
-    limit = live.metrics["loss"] * (1 + max_regression)
-    if metrics["loss"] > limit:
-        return (f"loss {metrics['loss']:.6g} is more than {max_regression:.0%} above the live "
-                f"version's {live.metrics['loss']:.6g}")
-    return None

@@ -1,10 +1,13 @@
-"""The manager: which loaded version is live, and handles that keep a version alive while in use.
+"""The manager: which loaded versions are available, and handles that keep a version alive while
+it is in use (TF Serving's ``ServableHandle``).
 
-This is TF Serving's ``ServableHandle``: a request takes a handle on the live version when it
-starts and runs to its end on that version, even if a newer one goes live meanwhile. A swap only
-moves the live pointer; the old version's session closes when its last handle is released, on
-whichever thread releases it. In evaluate and train modes nobody else holds a handle, so the
-old version closes at the swap itself.
+A request takes a handle on one version when it starts and runs to its end on that version,
+even if the version is unloaded meanwhile. Unloading only takes a version out of the manager's
+map; its session goes back to its graph (to be the standby a newer version is restored into)
+when its last handle is released, on whichever thread releases it. In evaluate and train modes
+nobody else holds a handle, so a version closes as soon as it leaves the map.
+
+"Latest" is the highest available version, as in TF Serving.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class Servable:
 
     def __init__(self, loaded: Loaded) -> None:
         self.loaded = loaded
-        self._holders = 1  # the manager's own hold, released when the version is swapped out
+        self._holders = 1  # the manager's own hold, released when the version is unloaded
         self._lock = threading.Lock()
 
     @property
@@ -43,32 +46,66 @@ class Servable:
 
 
 class Manager:
-    """Holds the live version; ``swap`` replaces it, ``handle`` lends it to one request."""
+    """Holds the available versions; ``add`` and ``remove`` change them, ``handle`` lends one."""
 
     def __init__(self) -> None:
-        self._live: Servable | None = None
+        self._versions: dict[int, Servable] = {}
+        self._latest: Servable | None = None
         self._lock = threading.Lock()
 
     @property
     def live(self) -> Loaded | None:
-        live = self._live
-        return live.loaded if live is not None else None
+        """The latest available version (the one a request that names none gets)."""
+        latest = self._latest
+        return latest.loaded if latest is not None else None
+
+    def steps(self) -> list[int]:
+        """The available versions, newest first."""
+        with self._lock:
+            return sorted(self._versions, reverse=True)
+
+    def get(self, step: int) -> Loaded | None:
+        servable = self._versions.get(step)
+        return servable.loaded if servable is not None else None
+
+    def add(self, ready: Loaded) -> None:
+        """Make ``ready`` available (the latest, if it is the newest). A version already
+        available under its step is replaced, and closes after its last request."""
+        servable = Servable(ready)
+        with self._lock:
+            previous = self._versions.get(ready.version.step)
+            self._versions[ready.version.step] = servable
+            self._latest = self._versions[max(self._versions)]
+        if previous is not None:
+            previous.release()
+
+    def remove(self, step: int) -> Loaded | None:
+        """Take ``step`` out of service; it closes once its last request ends. Returns it (for
+        its figures only: it may be closed already)."""
+        with self._lock:
+            servable = self._versions.pop(step, None)
+            self._latest = self._versions[max(self._versions)] if self._versions else None
+        if servable is None:
+            return None
+        servable.release()
+        return servable.loaded
 
     def swap(self, ready: Loaded) -> Loaded | None:
-        """Make ``ready`` live; the previous version closes once its last handle is released.
-        Returns the previous version (for its figures only: it may be closed already)."""
-        with self._lock:
-            previous, self._live = self._live, Servable(ready)
-        if previous is None:
-            return None
-        previous.release()
-        return previous.loaded
+        """Make ``ready`` the only available version: the others close after their last
+        request. Returns the previous latest."""
+        previous = self.live
+        self.add(ready)
+        for step in self.steps():
+            if step != ready.version.step:
+                self.remove(step)
+        return previous
 
     @contextlib.contextmanager
-    def handle(self) -> Iterator[Servable | None]:
-        """The live version, kept open until the ``with`` block ends; None before any is live."""
+    def handle(self, step: int | None = None) -> Iterator[Servable | None]:
+        """Version ``step`` (the latest if None), kept open until the ``with`` block ends; None
+        if there is no such version available."""
         with self._lock:
-            servable = self._live
+            servable = self._latest if step is None else self._versions.get(step)
             if servable is not None:
                 servable._acquire()
         try:
@@ -79,6 +116,6 @@ class Manager:
 
     def close(self) -> None:
         with self._lock:
-            live, self._live = self._live, None
-        if live is not None:
-            live.release()
+            servables, self._versions, self._latest = list(self._versions.values()), {}, None
+        for servable in servables:
+            servable.release()

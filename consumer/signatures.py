@@ -34,6 +34,10 @@ class Signature:
         return cls({k: _spec(v) for k, v in proto.inputs.items()},
                    {k: _spec(v) for k, v in proto.outputs.items()}, proto)
 
+    def fetches(self, keys: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The graph tensors of these output keys (all, sorted by key, if None)."""
+        return tuple(self.outputs[key].name for key in (keys or sorted(self.outputs)))
+
     def to_json(self) -> dict:
         return json_format.MessageToDict(self.proto, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)

@@ -47,13 +47,14 @@ class _WakeOnCommit(FileSystemEventHandler):
     """Runs on the observer thread: it only notes that something may have been committed, or
     that a directory it should watch has appeared."""
 
-    def __init__(self, root: Path, wake: threading.Event, lost: queue.SimpleQueue) -> None:
-        self.root = root
+    def __init__(self, root: Path, kind: str, wake: threading.Event,
+                 lost: queue.SimpleQueue) -> None:
+        self.root, self.kind = root, kind
         self.wake = wake
         self.lost = lost  # watched directories deleted or moved away: their watches are dead
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        watched = _watched(self.root)
+        watched = layout.watched_dirs(self.root, self.kind)
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if not path:
                 continue
@@ -62,20 +63,17 @@ class _WakeOnCommit(FileSystemEventHandler):
                     self.lost.put(Path(path))
                 self.wake.set()
                 return
-            if event.event_type in _CHANGES and layout.is_commit_path(self.root, path):
-                self.wake.set()
+            if (event.event_type in _CHANGES or event.event_type == EVENT_TYPE_DELETED) and \
+                    layout.is_commit_path(self.root, path, self.kind):
+                self.wake.set()  # a deletion too: a version that leaves may change what serves
                 return
 
 
-def _watched(root: Path) -> tuple[Path, ...]:
-    """The only directories whose entries can change what is committed. Watching these alone,
-    not the whole tree, keeps inotify's watches at three however many versions come and go, and
-    keeps the observer from walking every new version directory on the commit's path."""
-    return (root, layout.checkpoints_dir(root), layout.savedmodels_dir(root))
-
-
 class VersionSource:
-    """Waits for the newest committed version of one kind (``checkpoint`` or ``savedmodel``)."""
+    """Reports the committed versions of one listing: ``checkpoint`` or ``savedmodel`` in an
+    export dir, or ``base`` (a TF Serving base path). It watches only the directories whose
+    entries can change that (``layout.watched_dirs``): at most three inotify watches however
+    many versions come and go, and no walk of a new version's tree on the commit's path."""
 
     def __init__(self, root: Path, kind: str, *, poll: float | None = None,
                  rescan: float = 5.0) -> None:
@@ -100,7 +98,7 @@ class VersionSource:
 
     def _arm_once(self) -> bool:
         """One pass of ``_arm``; whether it added a watch."""
-        inodes = {path: _inode(path) for path in _watched(self.root)}
+        inodes = {path: _inode(path) for path in layout.watched_dirs(self.root, self.kind)}
         lost = False
         while not self._lost.empty():  # deleted and made again: maybe under the same inode
             lost = self._lost.get() in self._watching or lost
@@ -121,7 +119,7 @@ class VersionSource:
             if inode is not None and self._watching.get(path) != inode:
                 try:
                     self._observer.schedule(
-                        _WakeOnCommit(self.root, self._wake, self._lost), str(path),
+                        _WakeOnCommit(self.root, self.kind, self._wake, self._lost), str(path),
                         recursive=False, event_filter=None if self.poll else _EVENT_FILTER)
                 except OSError as err:
                     # Gone since its stat (deleted mid-arm), or inotify's watch limit: drop the
@@ -135,19 +133,25 @@ class VersionSource:
                 added = True
         return added
 
-    def next_version(self, wanted: Callable[[layout.Version], bool],
-                     stop: threading.Event) -> layout.Version | None:
-        """Block until there is a version ``wanted`` accepts, and return the newest such one.
-        Older ones are skipped, and so is a refused newer one. None once ``stop`` is set."""
+    def next_listing(self, work: Callable[[list[layout.Version]], bool],
+                     stop: threading.Event) -> list[layout.Version] | None:
+        """Block until the committed versions (oldest first) are a listing ``work`` has work
+        in, and return it; None once ``stop`` is set."""
         while not stop.is_set():
             self._wake.clear()  # before the scan: a commit during the scan wakes the next wait
             self._arm()
-            candidates = [v for v in layout.versions(self.root, self.kind) if wanted(v)]
+            listing = layout.versions(self.root, self.kind)
             self.scans += 1  # counted once done: a test can tell what the scan could have seen
-            if candidates:
-                return candidates[-1]
+            if work(listing):
+                return listing
             self._wait(self.rescan if self._observer else MISSING_DIR_POLL, stop)
         return None
+
+    def next_version(self, wanted: Callable[[layout.Version], bool],
+                     stop: threading.Event) -> layout.Version | None:
+        """The newest version ``wanted`` accepts, once there is one; None once ``stop`` is set."""
+        listing = self.next_listing(lambda versions: any(map(wanted, versions)), stop)
+        return None if listing is None else [v for v in listing if wanted(v)][-1]
 
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         deadline = time.monotonic() + seconds

@@ -25,9 +25,10 @@ class RestClient:
             self._connection = connection
         return self._connection
 
-    def call(self, method: str, path: str, body: object = None) -> tuple[int, dict, object]:
-        """Status, headers (lower-case names) and the body: parsed if JSON, else bytes. A broken
-        connection is closed, so the next call opens a new one."""
+    def call(self, method: str, path: str, body: object = None,
+             raw: bool = False) -> tuple[int, dict, object]:
+        """Status, headers (lower-case names) and the body: parsed if JSON (unless ``raw``),
+        else bytes. A broken connection is closed, so the next call opens a new one."""
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         try:
             connection = self._connect()
@@ -38,7 +39,7 @@ class RestClient:
             self.close()
             raise
         headers = {k.lower(): v for k, v in response.getheaders()}
-        if headers.get("content-type") == "application/json":
+        if headers.get("content-type") == "application/json" and not raw:
             payload = json.loads(payload)
         return response.status, headers, payload
 

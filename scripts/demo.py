@@ -92,7 +92,8 @@ def main() -> int:
                        "--until-step", args.steps,
                        on_event=show("consumer", {"model_loaded", "evaluated", "load_failed"}))
     server = Process("consumer", "--mode", "serve", "--export-dir", exports, "--work-dir",
-                     run_dir / "serve-work", "--port", 0, "--model-name", "linear",
+                     run_dir / "serve-work", "--port", 0, "--grpc-port", 0,
+                     "--model-name", "linear",
                      on_event=show("server", {"serving", "promotion_refused", "load_failed"}))
     producer, client = None, None
     try:

@@ -56,6 +56,12 @@ def attach_training(features: tf.Tensor, labels: tf.Tensor, metrics: list[tf.Ten
     attach_dataset(dataset)
 
 
+def names_dataset(graph: tf.Graph) -> bool:
+    """Whether the graph follows our contract at all: any SavedModel serves without it, but
+    only a graph that names its dataset can be evaluated, trained or gated on data."""
+    return bool(graph.get_collection(DATASET))
+
+
 def read_dataset(graph: tf.Graph, root: Path | None = None) -> datasets.Dataset:
     """The dataset the graph names; ``root``, its export dir, holds a file-backed one's data."""
     specs = graph.get_collection(DATASET)

@@ -64,6 +64,7 @@ class Version:
     path: Path
     ctime: float  # of the commit (state file or version dir): the fallback commit time
     recorded_at: float | None = None  # checkpoints: the state file's timestamp for it
+    in_base: bool = False  # a SavedModel at ``<base>/<n>/`` (TF Serving's layout)
 
     @cached_property
     def committed_at(self) -> float:
@@ -80,13 +81,25 @@ class Version:
 
     @property
     def root(self) -> Path:
-        """The export dir it was published into."""
-        return self.path.parent.parent
+        """The export dir it was published into (or the base path that holds it)."""
+        return self.path.parent if self.in_base else self.path.parent.parent
+
+    @property
+    def identity(self) -> tuple:
+        """What tells this version from another of the same number: a SavedModel directory
+        deleted and written again has a new ctime (its commit's rename), a checkpoint a new
+        commit time in the state file."""
+        return (self.path, self.recorded_at if self.kind == "checkpoint" else self.ctime)
+
+    @property
+    def listing(self) -> str:
+        """The kind of listing it comes from: "checkpoint", "savedmodel" or "base"."""
+        return "base" if self.in_base else self.kind
 
     def still_committed(self) -> bool:
         """Whether the listing still holds this version. One that left it (retention) was
         superseded: a load that failed on it says nothing about whether it was broken."""
-        return any(v.path == self.path for v in versions(self.root, self.kind))
+        return any(v.path == self.path for v in versions(self.root, self.listing))
 
 
 # -- paths -------------------------------------------------------------------------------------
@@ -187,18 +200,65 @@ def checkpoint_versions(root: Path) -> list[Version]:
             for name, recorded in read_checkpoint_entries(root) if checkpoint_step(name) is not None]
 
 
+def base_versions(base: Path) -> list[Version]:
+    """The SavedModels of a TF Serving base path: its children named by a number, oldest first.
+    As in TF Serving, leading zeros are allowed (``00000123`` is version 123) and, of two names
+    for one number, the one that sorts last wins. Nothing here is staged: a writer that copies a
+    version in place may be caught mid-copy, and its load fail (see ``tree_stamp``)."""
+    try:
+        entries = sorted(os.scandir(base), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found: dict[int, Version] = {}
+    for entry in entries:
+        if is_version_name(entry.name) and entry.is_dir(follow_symlinks=False):
+            try:
+                ctime = entry.stat(follow_symlinks=False).st_ctime
+            except FileNotFoundError:
+                continue
+            step = int(entry.name)
+            found[step] = Version("savedmodel", step, Path(entry.path), ctime, in_base=True)
+    return [found[step] for step in sorted(found)]
+
+
 def versions(root: Path, kind: str) -> list[Version]:
-    """Committed versions of ``kind`` ("savedmodel" or "checkpoint"), oldest first."""
+    """Committed versions of ``kind``, oldest first: "savedmodel" or "checkpoint" in an export
+    dir, or "base" for the SavedModels of a TF Serving base path."""
+    if kind == "base":
+        return base_versions(root)
     return savedmodel_versions(root) if kind == "savedmodel" else checkpoint_versions(root)
 
 
-def is_commit_path(root: Path, path: str | os.PathLike) -> bool:
+def watched_dirs(root: Path, kind: str) -> tuple[Path, ...]:
+    """The only directories whose entries can change what is committed."""
+    if kind == "base":
+        return (Path(root),)
+    return (Path(root), checkpoints_dir(root), savedmodels_dir(root))
+
+
+def is_commit_path(root: Path, path: str | os.PathLike, kind: str = "savedmodel") -> bool:
     """Whether a filesystem event at ``path`` can be a commit: the state file or a version dir."""
     path = Path(path)
     root = Path(root)
+    if kind == "base":
+        return path.parent == root and is_version_name(path.name)
     if path == state_file(root):
         return True
     return path.parent == savedmodels_dir(root) and is_version_name(path.name)
+
+
+def tree_stamp(path: Path) -> tuple[int, int, float]:
+    """(files, bytes, newest mtime) of everything below ``path``: a version whose stamp moved
+    while it failed to load was still being written, not broken."""
+    files, size, newest = 0, 0, 0.0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                stat = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+            except OSError:
+                continue
+            files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime)
+    return files, size, newest
 
 
 def check_confined(version: Version) -> None:

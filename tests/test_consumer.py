@@ -297,15 +297,15 @@ def test_a_version_retired_while_loading_is_superseded_not_broken(tmp_path, line
     consumer = Consumer(Config(export_dir=root, work_dir=tmp_path / "work", source="checkpoint",
                                mode=loader.EVALUATE), threading.Event())
     with structlog.testing.capture_logs() as events:
-        assert not consumer._swap_to(version)
-    assert consumer.refused == set() and consumer.live is None
+        assert not consumer._load(version)
+    assert consumer.refused == {} and consumer.live is None
     assert [e["deleted_while_loading"] for e in events if e["event"] == "load_failed"] == [True]
 
     # still listed and broken: refused, never tried again
     commit.write_checkpoint_state(root, [("model.ckpt-2000", None), ("model.ckpt-2100", None)])
     Path(f"{version.path}.meta").write_bytes(b"broken")
-    assert not consumer._swap_to(version)
-    assert consumer.refused == {version.path}
+    assert not consumer._load(version)
+    assert list(consumer.refused) == [version.identity]
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "savedmodel"])

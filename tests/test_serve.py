@@ -20,7 +20,7 @@ MIB = 1024 * 1024
 
 def start_server(export_dir, work_dir, *extra) -> tuple[Process, int]:
     server = Process("consumer", "--mode", "serve", "--export-dir", export_dir, "--work-dir",
-                     work_dir, "--port", "0", *extra)
+                     work_dir, "--port", "0", "--grpc-port", "0", *extra)
     serving = server.wait_for(lambda e: e["event"] == "serving", timeout=60)
     return server, serving["port"]
 
@@ -46,13 +46,14 @@ def test_status_and_versions(mlp_server):
     _, client, _ = mlp_server
     available = {"model_version_status": [{"version": "10000", "state": "AVAILABLE",
                                            "status": {"error_code": "OK", "error_message": ""}}]}
-    for path in ("/v1/models/mlp", "/v1/models/MLP/versions/10000"):  # names: any case
+    for path in ("/v1/models/mlp", "/V1/MODELS/mlp/VERSIONS/10000"):  # paths: any case
         status, _, body = client.call("GET", path)
         assert (status, body) == (200, available)
     status, _, body = client.call("GET", "/v1/models/mlp/versions/500")
-    assert status == 404 and "10000" in body["error"]
-    status, _, body = client.call("GET", "/v1/models/other")
-    assert status == 404 and "other" in body["error"]
+    assert (status, body) == (404, {"error": "Could not find version 500 of model mlp"})
+    for name in ("other", "MLP"):  # model names: exactly, as TF Serving looks them up
+        status, _, body = client.call("GET", f"/v1/models/{name}")
+        assert (status, body) == (404, {"error": f"Could not find any versions of model {name}"})
 
 
 def test_metadata_lists_the_serving_signature(mlp_server):
@@ -94,13 +95,14 @@ def test_predict_row_and_columnar_formats_agree_and_return_class_names(mlp_serve
 
 
 @pytest.mark.parametrize("body, status, message", [
-    (b"{not json", 400, "JSON parse error"),
+    (b"{not json", 400, "JSON Parse error: Missing a name for object member. at offset: 1"),
     ({"instances": [[0.0] * 28], "inputs": [[0.0] * 28]}, 400, "only one of"),
-    ({"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances'"),
-    ({"instances": [[0.0] * 27]}, 400, "expected [?, 28]"),
-    ({"instances": [["a"] * 28]}, 400, "expects DT_FLOAT"),
-    ({"instances": [[0.0] * 28, [0.0]]}, 400, "ragged"),
-    ({"instances": [[0.0] * 28], "signature_name": "nope"}, 400, "\"nope\" not found"),
+    ({"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances' key"),
+    ({"instances": [[0.0] * 27]}, 400, "Matrix size-incompatible"),  # TF's own check, as in C++
+    ({"instances": [["a"] * 28]}, 400, "Type: String is not of expected type: float"),
+    ({"instances": [[0.0] * 28, [0.0]]}, 400, "Expecting tensor size: 28 but got: 1"),
+    ({"instances": [[0.0] * 28], "signature_name": "nope"}, 400,
+     'Serving signature name: "nope" not found in signature def'),
 ])
 def test_bad_predict_requests_get_400_and_hurt_nobody(mlp_server, body, status, message):
     _, client, _ = mlp_server
@@ -133,11 +135,15 @@ def test_prometheus_metrics_count_requests_and_show_the_live_version(mlp_server)
     status, headers, text = client.call("GET", "/monitoring/prometheus/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     text = text.decode()
-    assert "handoff_live_version 10000.0" in text
-    assert 'handoff_requests_total{code="200",endpoint="predict"}' in text
-    assert 'handoff_requests_total{code="400",endpoint="predict"}' in text
-    assert 'handoff_request_latency_seconds_bucket{endpoint="predict",le="0.005"}' in text
-    assert "handoff_versions_loaded_total 1.0" in text
+    assert 'handoff_live_version{model="mlp"} 10000.0' in text
+    assert 'handoff_version_available{model="mlp",version="10000"} 1.0' in text
+    ok = 'protocol="rest",version="10000"}'
+    assert f'handoff_requests_total{{code="200",endpoint="predict",model="mlp",{ok}' in text
+    assert 'handoff_requests_total{code="400",endpoint="predict",model="mlp",protocol="rest",' \
+           'version=""}' in text  # refused before a version was taken: no version
+    assert ('handoff_request_latency_seconds_bucket{endpoint="predict",le="0.005",model="mlp",'
+            'protocol="rest",version="10000"}') in text
+    assert 'handoff_versions_loaded_total{model="mlp"} 1.0' in text
 
 
 def test_listens_on_loopback_only_by_default(mlp_server):
@@ -230,29 +236,27 @@ def test_swaps_under_load_fail_no_request_and_each_answer_matches_its_version(tm
 def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_export):
     """The swap's invariant, in one process with real sessions: a request runs to its end on its
     version, and that version's session becomes the standby for a warm restore only then."""
-    from consumer.serving import calls
     from consumer import loader
     from consumer.manager import Manager
 
     older, newer = layout.savedmodel_versions(mlp_export.root)[-2:]
     features = np.full((1, 28), 0.5, np.float32)
     manager = Manager()
-    manager.swap(loader.load(older, loader.SERVE))
-    body = json.dumps({"instances": features.tolist()}).encode()
+    manager.add(loader.load(older, loader.SERVE))
     with manager.handle() as held:
         old = held.loaded
         graph = old.imported
         ready = loader.load(newer, loader.SERVE, graph)
         assert ready.load == loader.WARM and ready.session is not old.session
-        manager.swap(ready)  # the new one goes live now
-        assert manager.live.version.step == newer.step
+        manager.swap(ready)  # the new one goes live now, the old one leaves the manager
+        assert manager.live.version.step == newer.step and manager.steps() == [newer.step]
         # the request in flight still runs on its own version, whose session is not idle
         name = old.signatures["serving_default"].inputs["features"].name
-        old.session.run("probabilities:0", {name: features})
+        old.run({name: features}, ("probabilities:0",))
         assert graph._idle == [] and not old.session._closed
     assert graph._idle == [old.session]  # its last request ended: now it is the standby
-    answer, step = calls.Api(manager, mlp_export.root, "mlp").predict("mlp", None, body)
-    assert step == newer.step and json.loads(answer)["predictions"]
+    with manager.handle() as servable:
+        assert servable.step == newer.step
     manager.close()
     graph.retire()
     assert manager.live is None and old.session._closed and ready.session._closed

@@ -1,111 +1,161 @@
-"""HTTP for serve mode: TF Serving's REST paths on Starlette, served by uvicorn on its own thread.
+"""The REST front: TF Serving's paths and answers on uvicorn, over ``consumer.serving.rest``.
 
-Handlers are thin: read the body, hand the call to ``consumer.serving.calls`` on a small pool,
-render. Nothing blocking runs on the event loop: parsing, ``Session.run`` (which releases the
-GIL) and rendering all happen on the pool. The consumer's loop loads versions on the main
-thread, so a load never queues behind requests, nor they behind it.
+A plain ASGI app, so that paths are matched as TF Serving matches them: on the raw path (``%2F``
+inside a model name is part of the name), with its own patterns (``http_rest_api_util.cc``),
+case-insensitive except for the verb. Handlers are thin: read the body, then parse, run and
+render on a small thread pool, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
+from urllib.parse import unquote
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from consumer.serving import metrics as metrics_module
-from consumer.serving.calls import Api
-from consumer.serving.json_tensor import ApiError, dumps
+from consumer.serving import json_tensor
+from consumer.serving.calls import Target
+from consumer.serving.errors import ServingError, invalid
+from consumer.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from consumer.serving.rest import RestApi
 from shared import logs
 
 log = logs.get("consumer")
 
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger predict body is refused with 413
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger body is refused with 413
 PREDICT_THREADS = 4  # Session.run releases the GIL: a few threads keep 2 cores busy
 SHUTDOWN_GRACE_SECONDS = 30  # requests in flight at SIGTERM get this long to finish
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
-JSON = "application/json"
+_REST = re.compile(r"/v1/.*", re.I | re.S)
+_POST = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:"
+                   r"(classify|regress|predict)", re.I)
+_GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?",
+                  re.I)
+_JSON = [(b"content-type", b"application/json")]
+
+Call = Callable[[bytes], tuple[bytes, int | None]]  # body -> (answer, the version that gave it)
 
 
-def build_app(api: Api, metrics: metrics_module.ServingMetrics, pool: ThreadPoolExecutor) -> Starlette:
-    async def answer(endpoint: str, call: Callable[[], tuple[bytes, dict]]) -> Response:
+class Reply:
+    def __init__(self, status: int, body: bytes, headers: list | None = None,
+                 version: int | None = None) -> None:
+        self.status, self.body, self.headers = status, body, headers or _JSON
+        self.version = version  # the version that answered
+
+
+def error_reply(error: ServingError, status: int | None = None) -> Reply:
+    return Reply(status or error.http_status, json_tensor.render_error(error.message))
+
+
+class BodyTooLarge(Exception):
+    """A body over ``MAX_BODY_BYTES``: HTTP's own 413, before anything is parsed."""
+
+
+class RestApp:
+    """The ASGI app: route, read the body, hand the call to the pool, send the answer."""
+
+    def __init__(self, api: RestApi, metrics: ServingMetrics, pool: ThreadPoolExecutor) -> None:
+        self.api, self.metrics, self.pool = api, metrics, pool
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
         started = time.perf_counter()
+        method, path = scope["method"], scope["raw_path"].decode("latin-1")
+        if scope.get("query_string"):  # TF Serving matches the query string as part of the path
+            path += "?" + scope["query_string"].decode("latin-1")
+        if path == METRICS_PATH and method == "GET":
+            await _send(send, Reply(200, self.metrics.render(),
+                                    [(b"content-type", CONTENT_TYPE_LATEST.encode())]))
+            return
+        if not _REST.fullmatch(path):
+            await _send(send, Reply(404, json_tensor.render_error(f"Not found: {path}")))
+            return
+        endpoint, model, call = "malformed", "", None
         try:
-            body, headers = await asyncio.get_running_loop().run_in_executor(pool, call)
-            code = 200
-        except ApiError as err:
-            body, headers, code = dumps({"error": err.message}), {}, err.status
+            endpoint, model, call = self._route(method, path)
+            body = await _read_body(scope, receive)
+        except ServingError as err:
+            reply = error_reply(err)
+        except BodyTooLarge:
+            reply = error_reply(invalid(f"request body is over the limit of {MAX_BODY_BYTES} "
+                                        "bytes"), 413)
+        else:
+            reply = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self._answer, endpoint, call, body)
+        self.metrics.observe("rest", endpoint, model, reply.status, time.perf_counter() - started,
+                             reply.version)
+        await _send(send, reply)
+
+    def _route(self, method: str, path: str) -> tuple[str, str, Call]:
+        """(endpoint, model name, the call) for a path; a ``ServingError`` if it names none."""
+        if method == "POST" and (match := _POST.fullmatch(path)):
+            target, verb = _target(match), match.group(4)
+            calls = {"predict": self.api.predict, "classify": self.api.classify,
+                     "regress": self.api.regress}
+            if verb in calls:  # the pattern ignores case; TF Serving's verbs do not
+                return verb, target.model, lambda body: calls[verb](target, body)
+        elif method == "GET" and (match := _GET.fullmatch(path)):
+            if not match.group(1):
+                raise invalid("Missing model name in request.")
+            target = _target(match)
+            if match.group(4) == "metadata":
+                return "metadata", target.model, lambda body: self.api.metadata(target)
+            return "status", target.model, lambda body: self.api.status(target)
+        raise invalid(f"Malformed request: {method} {path}")
+
+    def _answer(self, endpoint: str, call: Call, body: bytes) -> Reply:
+        try:
+            answer, version = call(body)
+        except ServingError as err:  # the client's mistake, or a model's: one line, no trace
+            return error_reply(err)
         except Exception as err:  # a defect of ours: one request fails, the server goes on
-            log.exception("request_failed", endpoint=endpoint, error=f"{type(err).__name__}: {err}")
-            body, headers, code = dumps({"error": f"internal error: {type(err).__name__}"}), {}, 500
-        metrics.observe(endpoint, code, time.perf_counter() - started)
-        return Response(body, code, headers, media_type=JSON)
-
-    def version_of(request: Request) -> str | None:
-        return request.path_params.get("version")
-
-    async def status(request: Request) -> Response:
-        name, version = request.path_params["name"], version_of(request)
-        return await answer("status", lambda: (dumps(api.status(name, version)), {}))
-
-    async def metadata(request: Request) -> Response:
-        name, version = request.path_params["name"], version_of(request)
-        return await answer("metadata", lambda: (dumps(api.metadata(name, version)), {}))
-
-    async def predict(request: Request) -> Response:
-        name, version = request.path_params["name"], version_of(request)
-        try:
-            body = await _read_body(request)
-        except ApiError as err:
-            metrics.observe("predict", err.status, 0.0)
-            return Response(dumps({"error": err.message}), err.status, media_type=JSON)
-
-        def call() -> tuple[bytes, dict]:
-            answer_body, step = api.predict(name, version, body)
-            return answer_body, {"X-Model-Version": str(step)}
-        return await answer("predict", call)
-
-    async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(), media_type=metrics_module.CONTENT_TYPE_LATEST)
-
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        # Unknown paths and methods get TF Serving's error body too, not Starlette's text.
-        return Response(dumps({"error": exc.detail}), exc.status_code, media_type=JSON)
-
-    model, versioned = "/v1/models/{name}", "/v1/models/{name}/versions/{version:int}"
-    routes = [Route(base + suffix, handler, methods=[method])
-              for base in (model, versioned)
-              for suffix, handler, method in (("", status, "GET"), ("/metadata", metadata, "GET"),
-                                              (":predict", predict, "POST"))]
-    routes.append(Route("/monitoring/prometheus/metrics", prometheus, methods=["GET"]))
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+            log.exception("request_failed", endpoint=endpoint,
+                          error=f"{type(err).__name__}: {err}")
+            return Reply(500, json_tensor.render_error(f"internal error: {type(err).__name__}"))
+        if version is None:
+            return Reply(200, answer)
+        return Reply(200, answer, _JSON + [(b"x-model-version", str(version).encode())], version)
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body of {declared} bytes is over the limit of "
-                            f"{MAX_BODY_BYTES} bytes")
+def _target(match: re.Match) -> Target:
+    version = match.group(2)
+    if version is not None and int(version) >= 2**63:
+        raise invalid(f"Failed to convert version: {version} to numeric.")
+    label = unquote(match.group(3)) if match.group(3) is not None else None
+    return Target(unquote(match.group(1)), int(version) if version else None, label)
+
+
+async def _read_body(scope, receive) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+            raise BodyTooLarge  # from the header, before a byte of the body is read
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body is over the limit of {MAX_BODY_BYTES} bytes")
+        if size > MAX_BODY_BYTES:  # a chunked body declares no length: counted as it comes
+            raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+async def _send(send, reply: Reply) -> None:
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket. Its protocol is named: asyncio sets TCP_NODELAY only on sockets
     whose ``proto`` is IPPROTO_TCP, and without it every keep-alive response (headers and body
     in two writes) waits about 40 ms for the client's delayed ACK."""
@@ -114,7 +164,7 @@ def _listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(512)
+        sock.listen(1024)
     except OSError:
         sock.close()
         raise
@@ -125,12 +175,11 @@ class HttpServer:
     """uvicorn on a thread of its own; the socket is bound in the constructor, so a port in use
     is an error at start and ``port`` is the real one when 0 was asked for."""
 
-    def __init__(self, api: Api, metrics: metrics_module.ServingMetrics, host: str,
-                 port: int) -> None:
-        self.socket = _listen(host, port)
+    def __init__(self, api: RestApi, metrics: ServingMetrics, host: str, port: int) -> None:
+        self.socket = listen(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
-        self.pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="predict")
-        config = uvicorn.Config(build_app(api, metrics, self.pool), log_config=None,
+        self.pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="rest")
+        config = uvicorn.Config(RestApp(api, metrics, self.pool), log_config=None,
                                 access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
         self.server = uvicorn.Server(config)
@@ -142,9 +191,9 @@ class HttpServer:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop taking connections, let requests in flight finish, then return."""
         self.server.should_exit = True
-        self.thread.join(timeout=SHUTDOWN_GRACE_SECONDS + 5)
+        self.thread.join(timeout=grace + 5)
         self.pool.shutdown(wait=True)
         self.socket.close()

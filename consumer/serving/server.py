@@ -1,39 +1,129 @@
-"""Serve mode's wiring: the consumer's loop loads versions on the calling thread while the HTTP
-front answers from the live one on its own; at a signal, requests in flight drain before the
-last version is closed."""
+"""The model server's wiring: one loop per model on its own thread, the REST front on its own,
+over one set of calls. At a signal, the fronts stop taking requests and let those in flight
+finish, and only then are the versions closed.
+
+Both command lines end here: ``python -m consumer.model_server`` (TF Serving's flags) and
+``python -m consumer --mode serve``.
+"""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
 
-from consumer.loop import Config, Consumer, Stats
-from consumer.manager import Manager
-from consumer.serving.calls import Api
-from consumer.serving.http import HttpServer
+from consumer import loader
+from consumer.loop import Config, Stats
+from consumer.serving import rpc, warmup
+from consumer.serving.calls import Calls
+from consumer.serving.errors import ServingError
+from consumer.serving.http import SHUTDOWN_GRACE_SECONDS, HttpServer
+from consumer.serving.json_tensor import MAX_ELEMENTS
 from consumer.serving.metrics import ServingMetrics
-from shared import cli, logs
+from consumer.serving.models import ModelSpec, Models, ServedModel  # noqa: F401 - for callers
+from consumer.serving.rest import RestApi
+from shared import cli, layout, logs
 
 log = logs.get("consumer")
 
 
-def serve(config: Config, stop: threading.Event, *, host: str, port: int,
-          model_name: str | None) -> Stats:
-    """Serve ``config.export_dir``'s versions on ``host:port`` until ``stop`` is set."""
-    manager, metrics = Manager(), ServingMetrics()
-    api = Api(manager, config.export_dir, model_name)
-    try:
-        server = HttpServer(api, metrics, host, port)
-    except OSError as err:
-        cli.fail("consumer", f"cannot listen on {host}:{port}: {err.strerror or err}")
-    consumer = Consumer(config, stop, manager, metrics)
-    log.info("consumer_started", export_dir=str(config.export_dir), source=config.source,
-             mode=config.mode, until_step=config.until_step)
-    server.start()
-    model = api.served_name()  # None until export.json exists: then it is read at first use
-    log.info("serving", host=server.host, port=server.port, model=model,
-             url=f"http://{server.host}:{server.port}/v1/models/{model or '<name>'}")
-    try:
-        return consumer.run()
-    finally:
-        server.stop()
-        manager.close()
+@dataclass
+class Options:
+    host: str
+    rest_port: int | None  # None: no REST front; 0: a free port
+    grpc_port: int | None  # None: no gRPC front; 0: a free port
+    work_dir: Path
+    loop: Config  # the loop's settings every model shares (its export dir and source are each
+    #               model's own)
+    warmup: bool = True
+    warmup_iterations: int = 1
+    max_elements: int = MAX_ELEMENTS
+    grpc_arguments: str = ""  # --grpc_channel_arguments
+
+
+def export_dir_name(export_dir: Path) -> Callable[[], str | None]:
+    """An export dir's model name, once it is known: export.json's ``model``, else (for an
+    export dir with versions and no manifest) the directory's own name."""
+    def name() -> str | None:
+        try:
+            manifest = layout.read_manifest(export_dir)
+        except layout.LayoutError:
+            manifest = None
+        if manifest is not None:
+            return manifest["model"]
+        return Path(export_dir).resolve().name if layout.has_versions(export_dir) else None
+    return name
+
+
+class ModelServer:
+    def __init__(self, options: Options, specs: list[ModelSpec], prog: str) -> None:
+        self.options = options
+        self.metrics = ServingMetrics()
+        self.models = Models()
+        self.calls = Calls(self.models)
+        self.http = self.grpc = None
+        try:
+            grpc_options = rpc.channel_options(options.grpc_arguments)
+        except ValueError as err:
+            cli.fail(prog, str(err))
+        port = options.rest_port
+        try:
+            if options.rest_port is not None:
+                self.http = HttpServer(RestApi(self.calls, options.max_elements), self.metrics,
+                                       options.host, options.rest_port)
+            port = options.grpc_port
+            if options.grpc_port is not None:
+                self.grpc = rpc.GrpcServer(self.calls, self.metrics, options.host,
+                                           options.grpc_port, grpc_options, self.reload_config)
+        except (OSError, RuntimeError) as err:
+            cli.fail(prog, f"cannot listen on {options.host}:{port}: "
+                           f"{getattr(err, 'strerror', None) or err}")
+        for spec in specs:
+            self.models.add(self._model(spec))
+
+    def _model(self, spec: ModelSpec) -> ServedModel:
+        work_dir = self.options.work_dir
+        if isinstance(spec.name, str) and spec.source == "base":
+            work_dir = work_dir / spec.name  # several models: each its own records
+        config = replace(self.options.loop, export_dir=spec.base_path, work_dir=work_dir,
+                         source=spec.source, mode=loader.SERVE)
+        iterations = self.options.warmup_iterations
+        prepare = (lambda loaded: warmup.replay(loaded, iterations)) if self.options.warmup \
+            else None
+        return ServedModel(spec.name, config, policy=spec.policy, prepare=prepare,
+                           labels=spec.labels, metrics=self.metrics)
+
+    def run(self, stop: threading.Event) -> Stats:
+        """Serve until ``stop`` is set (or, with an ``until_step``, until every model's loop has
+        reached it); the stats of the first model, for the exit code."""
+        models = list(self.models)
+        for model in models:
+            model.start()
+        for front in (self.http, self.grpc):
+            if front is not None:
+                front.start()
+        names = [m.name or "<from export.json>" for m in models]
+        rest = self.http.port if self.http else None
+        log.info("serving", host=self.options.host, port=rest,
+                 grpc_port=self.grpc.port if self.grpc else None, models=names,
+                 url=f"http://{self.options.host}:{rest}/v1/models/{names[0]}" if rest else None)
+        try:
+            while not stop.wait(0.25):
+                if models and all(not m.thread.is_alive() for m in models):
+                    break  # every loop ended: --until-step reached, or a fatal error
+        finally:
+            # new requests are refused and those in flight finish, on both fronts at once
+            closing = [threading.Thread(target=front.stop, args=(SHUTDOWN_GRACE_SECONDS,))
+                       for front in (self.http, self.grpc) if front is not None]
+            for thread in closing:
+                thread.start()
+            for thread in closing:
+                thread.join()
+            for model in list(self.models):
+                model.finish(timeout=60)
+        return models[0].stats if models and models[0].stats else Stats()
+
+    def reload_config(self, config) -> None:
+        """gRPC's HandleReloadConfigRequest (the model config lands in a later change)."""
+        raise ServingError("UNIMPLEMENTED", "a model config reload is not supported yet")

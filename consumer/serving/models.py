@@ -1,0 +1,227 @@
+"""The served models: each one's own loop (watch, load, gate) on its own thread, its manager,
+its version labels, and the state of every version it knows, as TF Serving reports them.
+
+A request names a model, and a version or a label or neither (the latest); ``Models.handle``
+resolves that to one available version and holds it for the request's length, with TF Serving's
+answers when it cannot: ``NOT_FOUND`` for an unknown model or version, ``INVALID_ARGUMENT`` for an
+unknown label, ``UNAVAILABLE`` for a model with no version ready yet (TF Serving would not have
+opened its port yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from consumer.loader import Loaded
+from consumer.loop import Config, Consumer, Policy, Stats
+from consumer.manager import Manager, Servable
+from consumer.serving.errors import ServingError, invalid, not_found
+from shared import logs
+
+log = logs.get("consumer")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+MAX_ENDED = 100  # versions kept in the status after they ended (TF Serving keeps them all)
+
+# What a version's failure reads as in its status: TF's error class, at the head of the message.
+_ERROR_CODES = {"NotFoundError": "NOT_FOUND", "InvalidArgumentError": "INVALID_ARGUMENT",
+                "DataLossError": "DATA_LOSS", "FailedPreconditionError": "FAILED_PRECONDITION",
+                "OutOfRangeError": "OUT_OF_RANGE", "ResourceExhaustedError": "RESOURCE_EXHAUSTED",
+                "UnimplementedError": "UNIMPLEMENTED", "PermissionDeniedError": "PERMISSION_DENIED",
+                "InternalError": "INTERNAL"}
+
+
+@dataclass
+class ModelSpec:
+    """One model to serve: its name (or how to learn it), where its versions are, and which."""
+
+    name: str | Callable[[], str | None]
+    base_path: Path
+    source: str = "base"  # "base": <base_path>/<n>/ (TF Serving); "savedmodel": an export dir
+    policy: Policy | None = None
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class VersionState:
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+class ServedModel:
+    """One model of the server: a ``Consumer`` loop over its base path, its manager and labels,
+    and a status table the loop keeps up to date (it is the loop's ``VersionEvents``)."""
+
+    def __init__(self, name: str | Callable[[], str | None], config: Config, *,
+                 policy: Policy | None = None, prepare: Callable[[Loaded], None] | None = None,
+                 labels: dict[str, int] | None = None, metrics=None) -> None:
+        """``name`` may be a function: the name is then read when first asked for and known
+        (``python -m consumer --mode serve`` names a model by its export.json, which the
+        producer may not have written yet)."""
+        self._name = name
+        self.config = config
+        self.manager = Manager()
+        self.labels: dict[str, int] = dict(labels or {})
+        self.metrics = metrics
+        self.stop = threading.Event()
+        self.states: dict[int, VersionState] = {}
+        self._lock = threading.Lock()
+        self.consumer = Consumer(config, self.stop, self.manager, self, policy=policy,
+                                 prepare=prepare)
+        self.stats: Stats | None = None
+        self.thread = threading.Thread(target=self._run, name="model", daemon=True)
+
+    @property
+    def name(self) -> str | None:
+        if callable(self._name):
+            found = self._name()
+            if found is None:
+                return None
+            self._name = found
+        return self._name
+
+    def _run(self) -> None:
+        try:
+            self.stats = self.consumer.run()
+        except Exception as err:  # a defect of ours: this model stops, the server goes on
+            log.exception("model_failed", model=self.name or "", error=f"{type(err).__name__}: {err}")
+            self.stats = Stats(fatal=f"{type(err).__name__}: {err}")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Stop its loop (a load in progress completes first) and close its versions; each
+        closes once its last request has ended."""
+        self.stop.set()
+        self.thread.join(timeout)
+        self.consumer.close_versions()
+
+    # -- VersionEvents: what the loop reports ------------------------------------------------
+
+    def loading(self, step: int) -> None:
+        self._set(step, VersionState(LOADING))
+
+    def went_live(self, step: int) -> None:
+        self._set(step, VersionState(AVAILABLE))
+        if self.metrics is not None:
+            self.metrics.went_live(self.name or "", step, self.manager.steps())
+
+    def refused(self, step: int, reason: str, cause: str) -> None:
+        code = _ERROR_CODES.get(reason.split(":", 1)[0], "UNKNOWN") if cause == "load_failed" \
+            else "FAILED_PRECONDITION"
+        self._set(step, VersionState(END, code, reason))
+        if self.metrics is not None:
+            self.metrics.refused(self.name or "", cause)
+
+    def unloaded(self, step: int) -> None:
+        self._set(step, VersionState(END))
+        if self.metrics is not None:
+            self.metrics.unloaded(self.name or "", step, self.manager.steps())
+
+    def _set(self, step: int, state: VersionState) -> None:
+        with self._lock:
+            if step in self.states and self.states[step].state == AVAILABLE and \
+                    state.state == END and step in self.manager.steps():
+                return  # a rewrite of an available version was refused: the old one serves
+            self.states[step] = state
+            ended = sorted(s for s, v in self.states.items() if v.state == END)
+            for old in ended[:-MAX_ENDED]:
+                del self.states[old]
+
+    def status(self) -> list[tuple[int, VersionState]]:
+        """Every version it knows, newest first (TF Serving's order)."""
+        with self._lock:
+            return sorted(self.states.items(), reverse=True)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def resolve(self, version: int | None, label: str | None) -> int | None:
+        """The version a request names: its number, its label's, or None for the latest."""
+        if label is not None:
+            if label not in self.labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            return self.labels[label]
+        return version
+
+
+class Models:
+    """The server's models by name."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ServedModel] = {}
+        self._unnamed: list[ServedModel] = []
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        with self._lock:
+            return iter(list(self._models.values()) + list(self._unnamed))
+
+    def get(self, name: str) -> ServedModel | None:
+        model = self._models.get(name)
+        if model is None and self._unnamed:  # a model whose name becomes known later
+            with self._lock:
+                for pending in list(self._unnamed):
+                    if pending.name is not None:
+                        self._unnamed.remove(pending)
+                        self._models[pending.name] = pending
+            model = self._models.get(name)
+        return model
+
+    def add(self, model: ServedModel) -> None:
+        with self._lock:
+            if model.name is None:
+                self._unnamed.append(model)
+            else:
+                self._models[model.name] = model
+
+    def remove(self, name: str) -> ServedModel | None:
+        with self._lock:
+            return self._models.pop(name, None)
+
+    def known(self, name: str) -> ServedModel | None:
+        """The model of this name, or None; UNAVAILABLE while a model's name is not known yet
+        (it may be this one, once its export dir is claimed)."""
+        model = self.get(name)
+        if model is None and self._unnamed:
+            raise _unavailable(name, None)
+        return model
+
+    def find(self, name: str, version: int | None = None, label: str | None = None) -> ServedModel:
+        if not name:
+            raise invalid("ModelSpec has no name specified.")
+        model = self.known(name)
+        if model is None:
+            if label is not None:  # TF Serving looks the label up first
+                raise invalid(f"Unrecognized servable version label: {label}")
+            raise _unknown(name, version)
+        return model
+
+    @contextlib.contextmanager
+    def handle(self, name: str, version: int | None = None,
+               label: str | None = None) -> Iterator[Servable]:
+        """The version a request names, held until the ``with`` block ends."""
+        model = self.find(name, version, label)
+        step = model.resolve(version, label)
+        with model.manager.handle(step) as servable:
+            if servable is None:
+                raise _unavailable(name, step)
+            yield servable
+
+
+def _unknown(name: str, step: int | None) -> ServingError:
+    request = f"Specific({name}, {step})" if step is not None else f"Latest({name})"
+    return not_found(f"Servable not found for request: {request}")
+
+
+def _unavailable(name: str, step: int | None) -> ServingError:
+    if step is not None:
+        return _unknown(name, step)
+    # TF Serving opens its ports only once its models' first versions are ready; we open them
+    # at once, so a model with nothing available says so as a retryable UNAVAILABLE (503)
+    return ServingError("UNAVAILABLE", f"no version of model {name} is ready yet")

@@ -1,0 +1,55 @@
+"""TF Serving's REST calls as bytes in and bytes out, over the protocol-neutral calls: a JSON
+body to arrays, the call, the answer back to JSON, in the order TF Serving checks things (the
+body parses first, then the model and version, then the signature, then the values)."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from consumer.serving import examples, json_tensor
+from consumer.serving.calls import Calls, Target
+from consumer.serving.json_tensor import MAX_ELEMENTS
+
+
+class RestApi:
+    def __init__(self, calls: Calls, max_elements: int = MAX_ELEMENTS) -> None:
+        self.calls = calls
+        self.max_elements = max_elements
+
+    def predict(self, target: Target, body: bytes) -> tuple[bytes, int]:
+        parsed = json_tensor.parse(body, self.max_elements)
+        signature_name = json_tensor.signature_name(parsed)
+        specs = self.calls.input_specs(target, signature_name)  # no version held while parsing
+        inputs, row_format = json_tensor.predict_inputs(parsed, specs)
+        answer = self.calls.predict(target, signature_name, inputs)
+        return json_tensor.render_predict(answer.result, row_format), answer.version
+
+    def classify(self, target: Target, body: bytes) -> tuple[bytes, int]:
+        parsed = json_tensor.parse(body, self.max_elements)
+        signature_name = json_tensor.signature_name(parsed)
+        answer = self.calls.classify(target, signature_name, examples.serialized_examples(parsed))
+        result = answer.result
+        return examples.render_classification(result.labels, result.scores), answer.version
+
+    def regress(self, target: Target, body: bytes) -> tuple[bytes, int]:
+        parsed = json_tensor.parse(body, self.max_elements)
+        signature_name = json_tensor.signature_name(parsed)
+        answer = self.calls.regress(target, signature_name, examples.serialized_examples(parsed))
+        return examples.render_regression(answer.result), answer.version
+
+    def status(self, target: Target) -> tuple[bytes, None]:
+        states = self.calls.status(target.model, target.version)
+        return json_tensor.render_json({"model_version_status": [
+            {"version": str(step), "state": state.state,
+             "status": {"error_code": state.error_code, "error_message": state.error_message}}
+            for step, state in states]}), None
+
+    def metadata(self, target: Target) -> tuple[bytes, int]:
+        answer = self.calls.metadata(target)
+        signatures = {key: json_format.MessageToDict(
+            signature.proto, preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True) for key, signature in answer.result.items()}
+        return json_tensor.render_json({
+            "model_spec": {"name": target.model, "signature_name": "",
+                           "version": str(answer.version)},
+            "metadata": {"signature_def": {"signature_def": signatures}}}), answer.version

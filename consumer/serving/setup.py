@@ -1,0 +1,39 @@
+"""From ``tensorflow_model_server``'s flags to a running server: the models (one from
+``--model_name``/``--model_base_path``, or those of ``--model_config_file``) and the options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from consumer import loader
+from consumer.loop import Config
+from consumer.serving import config
+from consumer.serving.json_tensor import MAX_ELEMENTS
+from consumer.serving.models import ModelSpec
+from consumer.serving.server import ModelServer, Options
+from shared import cli
+
+
+def build(args: argparse.Namespace, prog: str) -> ModelServer:
+    if args.model_config_file is not None:
+        try:
+            specs = config.load(args.model_config_file)
+        except config.ConfigError as err:
+            cli.fail(prog, str(err))
+    else:
+        specs = [ModelSpec(args.model_name, Path(args.model_base_path).absolute(), "base")]
+    for spec in specs:
+        if spec.base_path.exists() and not spec.base_path.is_dir():
+            cli.fail(prog, f"base path {spec.base_path} of model {spec.name} is a file")
+    rescan = args.file_system_poll_wait_seconds
+    loop = Config(export_dir=Path("."), work_dir=args.work_dir, source="base", mode=loader.SERVE,
+                  max_regression=args.max_regression, warm_swap=not args.full_loads,
+                  poll=args.poll, rescan=float(rescan) if rescan > 0 else 24 * 3600.0)
+    options = Options(host=args.host, rest_port=args.rest_api_port or None,
+                      grpc_port=args.port or None, work_dir=args.work_dir,
+                      loop=loop, warmup=args.enable_model_warmup,
+                      warmup_iterations=max(1, args.num_request_iterations_for_warmup),
+                      max_elements=args.max_request_elements or MAX_ELEMENTS,
+                      grpc_arguments=args.grpc_channel_arguments)
+    return ModelServer(options, specs, prog)
