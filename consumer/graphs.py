@@ -18,8 +18,11 @@ SavedModel loader feeds the real path anyway), plus the content of every asset f
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from pathlib import Path
+
+from google.protobuf import text_format
 
 from shared import contract, layout
 from shared.tfcompat import tf, v1
@@ -42,7 +45,7 @@ def fingerprint(version: layout.Version, tag: str) -> str:
     for node in meta_graph.graph_def.node:  # in place: this parse is ours alone
         if node.name in asset_nodes:
             node.attr["value"].Clear()
-    digest = hashlib.sha256(meta_graph.SerializeToString(deterministic=True))
+    digest = hashlib.sha256(_canonical_bytes(meta_graph))
     inside = version.path.resolve()
     for name in sorted(assets):
         path = Path(assets[name])
@@ -52,6 +55,55 @@ def fingerprint(version: layout.Version, tag: str) -> str:
         with open(path, "rb") as handle:  # in chunks: an asset may be large
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
+
+
+def _canonical_bytes(meta_graph) -> bytes:
+    """The meta graph's bytes, with a TF2 export's traced functions made canonical. Each
+    ``tf.saved_model.save`` of the same module numbers its functions anew
+    (``__inference_call_23``, then ``_91``), lists them in another order, and records the
+    numbers again as ``_user_specified_name``; two versions of one graph would never match.
+    Functions are renamed in the order the graph first refers to them, and that attribute is
+    blanked. A TF1 graph has no functions and is hashed as it is. (Parsed for this alone, so
+    it is edited in place.)"""
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    if not library:
+        return meta_graph.SerializeToString(deterministic=True)
+    names: dict[str, str] = {}
+    queue = list(_references(meta_graph.graph_def.node))
+    while queue:
+        name = queue.pop(0)
+        if name in library and name not in names:
+            names[name] = f"__function_{len(names)}"
+            queue.extend(_references(library[name].node_def))
+    for name in sorted(set(library) - set(names), key=lambda n: n.rstrip("0123456789")):
+        names[name] = f"__function_{len(names)}"
+    attrs = [node.attr for node in meta_graph.graph_def.node]
+    for function in library.values():
+        attrs += [node.attr for node in function.node_def]
+        attrs += [arg.attr for arg in function.arg_attr.values()]
+    for attr in attrs:
+        if "_user_specified_name" in attr:
+            attr["_user_specified_name"].s = b""
+    ordered = sorted(library.values(), key=lambda f: int(names[f.signature.name].rsplit("_", 1)[1]))
+    copies = [type(f)() for f in ordered]
+    for copy, function in zip(copies, ordered):
+        copy.CopyFrom(function)
+    del meta_graph.graph_def.library.function[:]
+    meta_graph.graph_def.library.function.extend(copies)
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(
+        re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?!\w)")
+    text = text_format.MessageToString(meta_graph, as_utf8=True)
+    return pattern.sub(lambda match: names[match.group(0)], text).encode()
+
+
+def _references(nodes):
+    """The function names these nodes call or name in their attributes, in order."""
+    for node in nodes:
+        yield node.op
+        for attr in node.attr.values():
+            if attr.HasField("func"):
+                yield attr.func.name
+            yield from (f.name for f in attr.list.func)
 
 
 def _init_op_name(graph: tf.Graph, meta_graph) -> str | None:

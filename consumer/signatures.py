@@ -46,6 +46,8 @@ class Signature:
 def _spec(info) -> TensorSpec:
     shape = (None if info.tensor_shape.unknown_rank
              else tuple(d.size for d in info.tensor_shape.dim))
+    if info.dtype == types_pb2.DT_INVALID:  # a TF2 export's __saved_model_init_op: an op
+        return TensorSpec(info.name, np.dtype(object), "DT_INVALID", shape)
     dtype = tf.dtypes.as_dtype(info.dtype)
     numpy_dtype = np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
     return TensorSpec(info.name, numpy_dtype, types_pb2.DataType.Name(info.dtype), shape)

@@ -209,6 +209,14 @@ class Process:
             if match(event):
                 return event
 
+    def wait_seen(self, match: Callable[[dict], bool], timeout: float = 120) -> dict:
+        """The first event ever received that ``match`` accepts, waiting for it if none has come
+        yet: unlike ``wait_for``, it finds an event that came while another was awaited."""
+        for event in list(self.events):
+            if match(event):
+                return event
+        return self.wait_for(match, timeout)
+
     def wait(self, timeout: float = 120) -> int:
         code = self.popen.wait(timeout=timeout)
         for reader in self._readers:

@@ -219,11 +219,11 @@ def test_json_tensor_answer(server, case):
     if not case.get("tensors"):
         # an empty output map: a SavedModel signature cannot have none, so only the codec is
         # asked (the one case not sent over the wire)
-        from consumer.serving import json_tensor
+        from consumer.serving import json_render
         from consumer.serving.errors import ServingError
 
         with pytest.raises(ServingError, match="Cannot convert empty tensor map to JSON"):
-            json_tensor.render_predict({}, row)
+            json_render.render_predict({}, row)
         return
     model = f"fixed_{case_id(case)}".replace(".", "_").replace("#", "_")
     request = json.dumps({"instances": [0.0]} if row else {"inputs": [0.0]}).encode()
@@ -316,7 +316,7 @@ def test_json_examples_answer(server, case):
 @pytest.mark.parametrize("case", cases("render_error"))
 def test_json_error_answer(server, case):
     """The error body: ``{"error": message}``, the message alone, quotes escaped."""
-    from consumer.serving import json_tensor
+    from consumer.serving import json_render
 
     client, _ = server
     expect = case["expect"]
@@ -325,7 +325,7 @@ def test_json_error_answer(server, case):
         assert status == 200 and "error" not in answer
         return
     message = json.loads(expect["json"])["error"]
-    assert json.loads(json_tensor.render_error(message)) == json.loads(expect["json"])
+    assert json.loads(json_render.render_error(message)) == json.loads(expect["json"])
     # over the wire, a message with the same quotes: a signature name with them
     name = message.split(": ", 1)[1].strip('"\'')
     status, answer = _call(client, "POST", "/v1/models/default:predict",

@@ -75,6 +75,39 @@ def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0, c: float = 3.0,
     return _save(path, graph, signatures)
 
 
+class HalfPlusTwo:
+    """Versions of ``half_plus_two`` from one graph: y = 0.5x + b, with each version's own b.
+    One graph and one saver, so that versions differ in their variables alone (as a training
+    run's do), and the server restores each into the graph it has (the warm swap)."""
+
+    def __init__(self) -> None:
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            x = v1.placeholder(tf.float32, None, name="x")
+            a = v1.Variable(0.5, name="a")
+            self.b = v1.Variable(2.0, name="b")
+            y = tf.identity(a * x + self.b, name="y")
+            self.value = v1.placeholder(tf.float32, [])
+            self.assign = self.b.assign(self.value)
+            self.signatures = {"serving_default": _signature({"x": x}, {"y": y})}
+            self.saver = v1.train.Saver(sharded=True)
+            self.session = v1.Session(graph=self.graph)
+            self.session.run(v1.global_variables_initializer())
+
+    def save(self, path: Path, b: float) -> Path:
+        self.session.run(self.assign, {self.value: b})
+        with self.graph.as_default():
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(self.session, ["serve"],
+                                                 signature_def_map=self.signatures,
+                                                 saver=self.saver, strip_default_attrs=True)
+            builder.save()
+        return Path(path)
+
+    def close(self) -> None:
+        self.session.close()
+
+
 def half_plus_three(path: Path) -> Path:
     """The api_rest.md example model: y = 0.5x + 3, its regress signature keyed by the method."""
     graph = tf.Graph()
@@ -147,28 +180,67 @@ def fixed_results(path: Path, classes: list[list[str]], scores: list[list[float]
     return _save(path, graph, signatures)
 
 
-def tf2_module(path: Path, weights: list[float]) -> Path:
-    """A TF2 export: a ``tf.Module`` saved with ``tf.saved_model.save`` and a signature."""
-    class Linear(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(weights, dtype=tf.float32)
+class Tf2Module:
+    """TF2 exports: one ``tf.Module`` (y = sum(w * x)), saved with ``tf.saved_model.save`` and a
+    signature, once per version with its own weights (traced once, so each save is quick)."""
 
-        @tf.function(input_signature=[tf.TensorSpec([None, len(weights)], tf.float32)])
-        def __call__(self, x):
-            return {"y": tf.reduce_sum(x * self.w, axis=1)}
+    def __init__(self, width: int = 3) -> None:
+        class Linear(tf.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = tf.Variable(tf.zeros([width]), dtype=tf.float32)
 
-    module = Linear()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
-    return Path(path)
+            @tf.function(input_signature=[tf.TensorSpec([None, width], tf.float32)])
+            def __call__(self, x):
+                return {"y": tf.reduce_sum(x * self.w, axis=1)}
+
+        self.module = Linear()
+
+    def save(self, path: Path, weights: list[float]) -> Path:
+        self.module.w.assign(weights)
+        tf.saved_model.save(self.module, str(path),
+                            signatures={"serving_default": self.module.__call__})
+        return Path(path)
 
 
-def keras_export(path: Path, kernel: np.ndarray) -> Path:
-    """A Keras 3 ``model.export()`` of one dense layer with this kernel (no bias)."""
-    import keras
+class KerasExport:
+    """Keras 3 ``model.export()`` of one dense layer (no bias), once per version's kernel."""
 
-    model = keras.Sequential([keras.Input((kernel.shape[0],)),
-                              keras.layers.Dense(kernel.shape[1], use_bias=False)])
-    model.layers[0].set_weights([kernel])
-    model.export(str(path), verbose=False)
-    return Path(path)
+    def __init__(self, inputs: int = 4, units: int = 2) -> None:
+        import keras
+
+        self.model = keras.Sequential([keras.Input((inputs,)),
+                                       keras.layers.Dense(units, use_bias=False)])
+
+    def save(self, path: Path, kernel: np.ndarray) -> Path:
+        self.model.layers[0].set_weights([kernel])
+        self.model.export(str(path), verbose=False)
+        return Path(path)
+
+
+def publish(base: Path, version: int, build) -> Path:
+    """A version into a TF Serving base path in one rename, as a careful writer does: built
+    under a name that is not a number, then renamed to its number."""
+    staging = base / f".staging-{version}"
+    build(staging)
+    final = base / str(version)
+    staging.rename(final)
+    return final
+
+
+def warmup_records(path: Path, requests: list) -> Path:
+    """``assets.extra/tf_serving_warmup_requests`` for a SavedModel: a TFRecord of
+    ``PredictionLog`` protos, each wrapping one of ``requests`` (Predict, Classify or Regress
+    requests)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    target = Path(path) / "assets.extra" / "tf_serving_warmup_requests"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(target)) as writer:
+        for request in requests:
+            entry = prediction_log_pb2.PredictionLog()
+            kind = {"PredictRequest": entry.predict_log, "ClassificationRequest":
+                    entry.classify_log, "RegressionRequest": entry.regress_log}
+            kind[type(request).__name__].request.CopyFrom(request)
+            writer.write(entry.SerializeToString())
+    return target

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from consumer.serving import inference
-from consumer.serving.errors import not_found
+from consumer.serving.errors import invalid, not_found
 from consumer.serving.models import Models, VersionState
 from consumer.signatures import Signature, TensorSpec
 
@@ -59,13 +59,18 @@ class Calls:
         with self.models.handle(target.model, target.version, target.label) as servable:
             return Answer(dict(servable.loaded.signatures), servable.step, "")
 
+    def signatures(self, target: Target) -> dict[str, Signature]:
+        """The signatures of the version a request names (none is held afterwards)."""
+        with self.models.handle(target.model, target.version, target.label) as servable:
+            return dict(servable.loaded.signatures)
+
     def input_specs(self, target: Target, signature_name: str) -> dict[str, TensorSpec]:
         """The inputs of the signature a request names, to parse its body by; no version is
         held meanwhile (a long parse must not keep an old version from closing)."""
         with self.models.handle(target.model, target.version, target.label) as servable:
             signature = servable.loaded.signatures.get(inference.signature_key(signature_name))
         if signature is None:
-            raise inference.invalid(f'Serving signature name: '
+            raise invalid(f'Serving signature name: '
                                     f'"{inference.signature_key(signature_name)}" not found in '
                                     'signature def')
         return signature.inputs
@@ -91,7 +96,3 @@ class Calls:
         with self.models.handle(target.model, target.version, target.label) as servable:
             results = inference.multi_inference(servable.loaded, tasks, examples)
             return Answer(results, servable.step, "")
-
-
-def signature_json(signature: Signature) -> dict:
-    return signature.to_json()

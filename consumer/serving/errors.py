@@ -33,6 +33,9 @@ class ServingError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self):  # it crosses from the parse process (consumer.serving.offload)
+        return ServingError, (self.code, self.message)
+
     @property
     def http_status(self) -> int:
         return HTTP_STATUS[self.code]

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from consumer.serving.errors import invalid
-from consumer.serving.json_tensor import (Body, b64_decode, debug, decimal_texts, is_b64,
-                                         json_string, json_type)
+from consumer.serving.json_parse import Body, debug, json_type
+from consumer.serving.json_render import decimal_texts, json_string
+from consumer.serving.json_tensor import b64_decode, is_b64
 from shared.tfcompat import tf  # noqa: F401 - first: TensorFlow's environment, then its protos
 
 from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
@@ -89,13 +90,15 @@ def render_classification(labels: list[list[bytes]], scores: list[list[float]]) 
     rows = []
     for row_labels, row_scores in zip(labels, scores):
         texts = decimal_texts(np.asarray(row_scores, dtype=np.float32))
-        rows.append(b"[" + b",".join(b"[" + json_string(label) + b"," + text + b"]"
-                                     for label, text in zip(row_labels, texts)) + b"]")
-    return b'{"results":[' + b",".join(rows) + b"]}"
+        rows.append("[" + ",".join(
+            "[" + json_string(label.decode("utf-8", "surrogateescape")) + "," + text + "]"
+            for label, text in zip(row_labels, texts)) + "]")
+    return ('{"results":[' + ",".join(rows) + "]}").encode("utf-8", "surrogateescape")
 
 
 def render_regression(values: np.ndarray) -> bytes:
     """``{"results": [value, ...]}``: one value per example."""
     if not len(values):
         raise invalid("Cannot convert empty RegressionResults to JSON")
-    return b'{"results":[' + b",".join(decimal_texts(np.asarray(values, np.float32))) + b"]}"
+    return ('{"results":[' + ",".join(decimal_texts(np.asarray(values, np.float32))) +
+            "]}").encode()

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 
 import uvicorn
 
-from consumer.serving import json_tensor
+from consumer.serving import json_render
 from consumer.serving.calls import Target
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
@@ -52,7 +52,7 @@ class Reply:
 
 
 def error_reply(error: ServingError, status: int | None = None) -> Reply:
-    return Reply(status or error.http_status, json_tensor.render_error(error.message))
+    return Reply(status or error.http_status, json_render.render_error(error.message))
 
 
 class BodyTooLarge(Exception):
@@ -77,7 +77,7 @@ class RestApp:
                                     [(b"content-type", CONTENT_TYPE_LATEST.encode())]))
             return
         if not _REST.fullmatch(path):
-            await _send(send, Reply(404, json_tensor.render_error(f"Not found: {path}")))
+            await _send(send, Reply(404, json_render.render_error(f"Not found: {path}")))
             return
         endpoint, model, call = "malformed", "", None
         try:
@@ -120,7 +120,7 @@ class RestApp:
         except Exception as err:  # a defect of ours: one request fails, the server goes on
             log.exception("request_failed", endpoint=endpoint,
                           error=f"{type(err).__name__}: {err}")
-            return Reply(500, json_tensor.render_error(f"internal error: {type(err).__name__}"))
+            return Reply(500, json_render.render_error(f"internal error: {type(err).__name__}"))
         if version is None:
             return Reply(200, answer)
         return Reply(200, answer, _JSON + [(b"x-model-version", str(version).encode())], version)

@@ -6,40 +6,46 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from consumer.serving import examples, json_tensor
+from consumer.serving import examples, json_parse, json_render, json_tensor, offload
 from consumer.serving.calls import Calls, Target
-from consumer.serving.json_tensor import MAX_ELEMENTS
+from consumer.serving.json_parse import MAX_ELEMENTS
 
 
 class RestApi:
     def __init__(self, calls: Calls, max_elements: int = MAX_ELEMENTS) -> None:
         self.calls = calls
         self.max_elements = max_elements
+        self.offload = offload.Offload()  # big bodies and answers: in a process of their own
 
     def predict(self, target: Target, body: bytes) -> tuple[bytes, int]:
-        parsed = json_tensor.parse(body, self.max_elements)
-        signature_name = json_tensor.signature_name(parsed)
-        specs = self.calls.input_specs(target, signature_name)  # no version held while parsing
-        inputs, row_format = json_tensor.predict_inputs(parsed, specs)
+        if len(body) >= offload.OFFLOAD_BYTES:
+            specs = offload.plain_specs(self.calls.signatures(target))
+            signature_name, inputs, row_format = self.offload.run(
+                offload.parse_predict, body, specs, self.max_elements)
+        else:
+            parsed = json_parse.parse(body, self.max_elements)
+            signature_name = json_parse.signature_name(parsed)
+            specs = self.calls.input_specs(target, signature_name)  # no version held meanwhile
+            inputs, row_format = json_tensor.predict_inputs(parsed, specs)
         answer = self.calls.predict(target, signature_name, inputs)
-        return json_tensor.render_predict(answer.result, row_format), answer.version
+        return self.offload.render_predict(answer.result, row_format), answer.version
 
     def classify(self, target: Target, body: bytes) -> tuple[bytes, int]:
-        parsed = json_tensor.parse(body, self.max_elements)
-        signature_name = json_tensor.signature_name(parsed)
+        parsed = json_parse.parse(body, self.max_elements)
+        signature_name = json_parse.signature_name(parsed)
         answer = self.calls.classify(target, signature_name, examples.serialized_examples(parsed))
         result = answer.result
         return examples.render_classification(result.labels, result.scores), answer.version
 
     def regress(self, target: Target, body: bytes) -> tuple[bytes, int]:
-        parsed = json_tensor.parse(body, self.max_elements)
-        signature_name = json_tensor.signature_name(parsed)
+        parsed = json_parse.parse(body, self.max_elements)
+        signature_name = json_parse.signature_name(parsed)
         answer = self.calls.regress(target, signature_name, examples.serialized_examples(parsed))
         return examples.render_regression(answer.result), answer.version
 
     def status(self, target: Target) -> tuple[bytes, None]:
         states = self.calls.status(target.model, target.version)
-        return json_tensor.render_json({"model_version_status": [
+        return json_render.render_json({"model_version_status": [
             {"version": str(step), "state": state.state,
              "status": {"error_code": state.error_code, "error_message": state.error_message}}
             for step, state in states]}), None
@@ -49,7 +55,7 @@ class RestApi:
         signatures = {key: json_format.MessageToDict(
             signature.proto, preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True) for key, signature in answer.result.items()}
-        return json_tensor.render_json({
+        return json_render.render_json({
             "model_spec": {"name": target.model, "signature_name": "",
                            "version": str(answer.version)},
             "metadata": {"signature_def": {"signature_def": signatures}}}), answer.version

@@ -19,7 +19,7 @@ from consumer.serving import rpc, warmup
 from consumer.serving.calls import Calls
 from consumer.serving.errors import ServingError
 from consumer.serving.http import SHUTDOWN_GRACE_SECONDS, HttpServer
-from consumer.serving.json_tensor import MAX_ELEMENTS
+from consumer.serving.json_parse import MAX_ELEMENTS
 from consumer.serving.metrics import ServingMetrics
 from consumer.serving.models import ModelSpec, Models, ServedModel  # noqa: F401 - for callers
 from consumer.serving.rest import RestApi
@@ -68,10 +68,10 @@ class ModelServer:
         except ValueError as err:
             cli.fail(prog, str(err))
         port = options.rest_port
+        self.rest = RestApi(self.calls, options.max_elements)
         try:
             if options.rest_port is not None:
-                self.http = HttpServer(RestApi(self.calls, options.max_elements), self.metrics,
-                                       options.host, options.rest_port)
+                self.http = HttpServer(self.rest, self.metrics, options.host, options.rest_port)
             port = options.grpc_port
             if options.grpc_port is not None:
                 self.grpc = rpc.GrpcServer(self.calls, self.metrics, options.host,
@@ -120,6 +120,7 @@ class ModelServer:
                 thread.start()
             for thread in closing:
                 thread.join()
+            self.rest.offload.close()
             for model in list(self.models):
                 model.finish(timeout=60)
         return models[0].stats if models and models[0].stats else Stats()

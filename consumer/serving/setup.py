@@ -9,7 +9,7 @@ from pathlib import Path
 from consumer import loader
 from consumer.loop import Config
 from consumer.serving import config
-from consumer.serving.json_tensor import MAX_ELEMENTS
+from consumer.serving.json_parse import MAX_ELEMENTS
 from consumer.serving.models import ModelSpec
 from consumer.serving.server import ModelServer, Options
 from shared import cli
