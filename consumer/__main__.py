@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from consumer import hugepages
-from shared import cli, commit, dirlock, layout, logs
+from shared import cli, commit, datasets, dirlock, layout, logs
 
 PROG = "consumer"
 
@@ -43,8 +43,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--model-name", default=None,
                        help="the name in /v1/models/NAME (default: export.json's model)")
     serve.add_argument("--max-regression", type=cli.non_negative_float, default=None,
-                       metavar="R", help="refuse a version whose loss is more than the fraction "
-                                         "R above the live version's")
+                       metavar="R", help="refuse a version whose loss on the gate's data is "
+                                         "above live + R * max(live, --regression-floor): the "
+                                         "live loss may be 0 and an equal version passes")
+    serve.add_argument("--regression-floor", type=cli.non_negative_float, default=1e-3,
+                       metavar="F", help="the smallest loss a regression is measured against "
+                                         "(default 0.001)")
+    serve.add_argument("--gate-dataset", type=datasets.spec_argument, default=None,
+                       metavar="JSON",
+                       help="the data every candidate and the live version are scored on, as a "
+                            "catalog spec (default: the live version's own)")
     parser.add_argument("--log-format", choices=logs.FORMATS, default=None)
     args = parser.parse_args(argv)
     if args.mode == "serve" and args.source != "savedmodel":
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(export_dir=args.export_dir, work_dir=args.work_dir, source=args.source,
                     mode=args.mode, train_steps=args.train_steps, until_step=args.until_step,
                     poll=args.poll, rescan=args.rescan, max_regression=args.max_regression,
+                    regression_floor=args.regression_floor, gate_dataset=args.gate_dataset,
                     warm_swap=not args.full_loads,
                     max_publish_failures=args.max_publish_failures)
     log = logs.get(PROG)

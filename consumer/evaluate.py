@@ -16,11 +16,14 @@ from pathlib import Path
 from consumer.loader import Loaded
 
 
-def evaluate(loaded: Loaded) -> dict[str, float]:
-    features, labels = loaded.dataset.eval_split
+def evaluate(loaded: Loaded, dataset=None) -> dict[str, float]:
+    """Its metrics on ``dataset``'s evaluation split (its own dataset's if None). Another
+    dataset is only for a SavedModel's ``serve`` graph (the gate scores two versions alike)."""
+    dataset = dataset or loaded.dataset
+    features, labels = dataset.eval_split
     if loaded.serving is not None:
         outputs = loaded.session.run(loaded.serving.output, {loaded.serving.features: features})
-        return loaded.dataset.score(outputs, labels)
+        return dataset.score(outputs, labels)
     training = loaded.training
     values = loaded.session.run(training.metrics, {training.features: features,
                                                    training.labels: labels})

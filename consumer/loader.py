@@ -46,6 +46,7 @@ class Loaded:
     phases: dict[str, float]  # seconds: fingerprint, import, restore, warm_up (and gate)
     load: str  # WARM or FULL
     metrics: dict[str, float] | None = None  # its evaluation, once taken (serve mode's gate)
+    gate_data: str | None = None  # the dataset (spec JSON) the gate scored it on
 
     graph = property(lambda self: self.imported.graph)
     training = property(lambda self: self.imported.training)

@@ -50,6 +50,8 @@ class Config:
     poll: float | None = None
     rescan: float = 5.0
     max_publish_failures: int = 3  # train mode: in a row, then the loop gives up
+    regression_floor: float = gate.REGRESSION_FLOOR  # serve mode: see consumer.gate
+    gate_dataset: dict | None = None  # serve mode: the data every candidate is scored on
 
 
 @dataclass
@@ -102,6 +104,9 @@ class Consumer:
         self.policy = policy or latest(1)
         self.prepare = prepare
         self.refused: dict[tuple, str] = {}  # version identity -> why: never tried again
+        serving = config.mode == loader.SERVE  # its decisions outlive the process
+        self.gate = gate.Gate(config.work_dir if serving else None, config.max_regression,
+                              config.regression_floor, config.gate_dataset)
         self.worker = Worker(config.mode, config.export_dir, config.work_dir,
                              config.train_steps, config.max_publish_failures, stop)
         self.stats = Stats()
@@ -151,9 +156,13 @@ class Consumer:
 
     def wanted(self, listing: list[layout.Version]) -> list[layout.Version]:
         """What the policy asks for among the versions not refused, newest first."""
-        return self.policy([v for v in listing if v.identity not in self.refused])
+        return self.policy([v for v in listing if v.identity not in self.refused
+                            and not self.gate.is_refused(v.identity)])
 
     def _has_work(self, listing: list[layout.Version]) -> bool:
+        if self.gate.decisions.reload():  # an operator accepted a refused version
+            for identity in [i for i in self.refused if self.gate.is_accepted(i)]:
+                del self.refused[identity]
         wanted = self.wanted(listing)
         return bool(self._to_load(wanted) or self._to_unload(wanted))
 
@@ -213,6 +222,8 @@ class Consumer:
         # not clamped at 0: a negative figure means the writer's clock is ahead (NFS), and says so
         handoff = ready_at - version.committed_at
         replaced = previous if previous is not None and previous is not self.live else None
+        if self.config.mode == loader.SERVE and self.live is ready:
+            self.gate.served(ready)  # what the next candidate is measured against, restarts too
         if replaced is not None and replaced.version.step == version.step:
             # the same number written anew: the manager swapped it in place
             if not self._graph_in_use(replaced.imported):
@@ -239,11 +250,11 @@ class Consumer:
                 started = time.perf_counter()
                 self.prepare(ready)
                 ready.phases["warm_up_requests"] = time.perf_counter() - started
-            gate.score(ready)
         except gate.Refused as refused:
-            return str(refused)
+            if not self.gate.is_accepted(ready.version.identity):
+                return str(refused)
         newer = live is None or ready.version.step > live.version.step
-        return gate.refusal(ready, live if newer else None, self.config.max_regression)
+        return self.gate.check(ready, live if newer else None)
 
     def _load_failed(self, version: layout.Version, error: str, stamp: tuple | None) -> None:
         deleted = not version.still_committed()
@@ -270,6 +281,8 @@ class Consumer:
 
     def _refuse(self, version: layout.Version, reason: str, cause: str) -> None:
         self.refused[version.identity] = reason
+        if self.config.mode == loader.SERVE:
+            self.gate.refuse(version.identity, version.step, reason)
         if self.events is not None:
             self.events.refused(version.step, reason, cause)
         until = self.config.until_step

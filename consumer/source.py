@@ -153,6 +153,10 @@ class VersionSource:
         listing = self.next_listing(lambda versions: any(map(wanted, versions)), stop)
         return None if listing is None else [v for v in listing if wanted(v)][-1]
 
+    def wake(self) -> None:
+        """Read the listing again now (the policy changed: what is wanted may have too)."""
+        self._wake.set()
+
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         deadline = time.monotonic() + seconds
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:

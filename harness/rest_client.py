@@ -30,11 +30,19 @@ class RestClient:
         """Status, headers (lower-case names) and the body: parsed if JSON (unless ``raw``),
         else bytes. A broken connection is closed, so the next call opens a new one."""
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        reused = self._connection is not None
         try:
             connection = self._connect()
             connection.request(method, path, body=data)
             response = connection.getresponse()
             payload = response.read()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.close()
+            if not reused:
+                raise
+            # The server closed the idle keep-alive connection before this request reached it
+            # (it was never read): once more, on a new connection, as HTTP clients do.
+            return self.call(method, path, body, raw)
         except (OSError, http.client.HTTPException):
             self.close()
             raise

@@ -229,6 +229,28 @@ def check(name: str, params: dict) -> None:
                            f"{MAX_VALUES:,}")
 
 
+def parse_spec(text: str) -> dict:
+    """A spec given as JSON text (a command line's), checked without building anything."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"dataset spec is not JSON: {err}") from None
+    if not isinstance(spec, dict) or spec.get("name") not in CATALOG:
+        raise DatasetError(f"unknown dataset {spec!r}; the catalog has {sorted(CATALOG)}")
+    check(spec["name"], {k: v for k, v in spec.items() if k != "name"})
+    return spec
+
+
+def spec_argument(text: str) -> dict:
+    """``parse_spec`` as a command-line type: its error is the one line the user sees."""
+    import argparse
+
+    try:
+        return parse_spec(text)
+    except DatasetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def load(spec: dict | bytes | str, root: Path | None = None) -> Dataset:
     """Build the dataset a spec names: a dict, or its JSON as stored in the ``dataset``
     collection. ``root`` is the export dir, where file-backed datasets find their data."""

@@ -18,14 +18,16 @@ class LinearVersions:
     """Publishes linear-model SavedModels whose intercept encodes their step, so every response
     can be checked against the version its header names: prediction(x=0) == intercept(step)."""
 
-    def __init__(self, root, keep: int = 5) -> None:
+    def __init__(self, root, keep: int = 5, dataset: dict | None = None) -> None:
+        """``dataset``: the catalog spec its versions name (the linear model's own by default;
+        an npz one's file must be inside ``root`` already)."""
         from shared import datasets, models
         from shared.publish import Publisher
         from shared.tfcompat import tf, v1
 
-        self.spec = models.MODELS["linear"]
-        self.dataset = datasets.load({"name": "linear", "seed": 0})
         commit.claim(root, "linear")
+        self.spec = models.MODELS["linear"]
+        self.dataset = datasets.load(dataset or {"name": "linear", "seed": 0}, root)
         self.graph = models.build_training_graph(self.spec, self.dataset, seed=0)
         self.publisher = Publisher(root, self.graph, keep_checkpoints=keep, keep_exports=keep)
         with self.graph.as_default():
@@ -37,10 +39,12 @@ class LinearVersions:
             self.session.run(v1.global_variables_initializer())
         self.session.run(self.set_slope, {self.value: 1.5})
 
-    def publish(self, step: int, intercept: float, checkpoint: bool = False) -> None:
+    def publish(self, step: int, intercept: float, checkpoint: bool = False,
+                slope: float = 1.5) -> None:
         """A SavedModel ``step`` (and a checkpoint, if asked) whose intercept is ``intercept``."""
         from shared import models
 
+        self.session.run(self.set_slope, {self.value: slope})
         self.session.run(self.set_intercept, {self.value: intercept})
         if checkpoint:
             self.publisher.save_checkpoint(self.session, step)

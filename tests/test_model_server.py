@@ -314,4 +314,4 @@ def test_a_big_request_does_not_stall_small_ones_beyond_its_share(tmp_path):
           f"{max(during) * 1000:.0f} ms, median {np.median(during) * 1000:.1f} ms")
     # Parsed in the server, the big body held the GIL for 370 ms at a stretch (137 small answers
     # in 3 s); in the parse process the longest small request took 15 ms (1,637 answers).
-    assert len(during) >= 50 and max(during) < 0.15, (len(during), max(during))
+    assert len(during) >= 50 and max(during) < 0.25, (len(during), max(during))

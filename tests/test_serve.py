@@ -196,7 +196,7 @@ def test_swaps_under_load_fail_no_request_and_each_answer_matches_its_version(tm
         # The gate: a worse version and a NaN one are refused; the live one keeps answering.
         versions.publish(last + 1, 10.0)
         refused = server.wait_for(lambda e: e["event"] == "promotion_refused")
-        assert refused["step"] == last + 1 and "above the live version" in refused["reason"]
+        assert refused["step"] == last + 1 and "above the limit" in refused["reason"]
         versions.publish(last + 2, float("nan"))
         refused = server.wait_for(lambda e: e["event"] == "promotion_refused")
         assert refused["step"] == last + 2 and "non-finite" in refused["reason"]

@@ -24,7 +24,6 @@ from google.protobuf import text_format
 
 from consumer.loop import Policy, latest
 from consumer.serving.models import ModelSpec
-from shared import layout
 
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
@@ -60,11 +59,19 @@ def parse(text: str, where: str) -> list[ModelSpec]:
         text_format.Parse(text, message)
     except text_format.ParseError as err:
         raise ConfigError(f"Invalid protobuf file: '{where}': {err}") from None
+    return from_proto(message, where)
+
+
+def from_proto(message, where: str) -> list[ModelSpec]:
+    """The models of a ``ModelServerConfig`` (a file's, or a reload request's)."""
     kind = message.WhichOneof("config")
     if kind is None:
         return []  # TF Serving: "Taking no action for empty config"
     if kind != "model_config_list":
-        raise ConfigError(f"{where}: only a model_config_list is supported, not {kind}")
+        raise ConfigError("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                          "Only ModelConfigList is currently supported" if where ==
+                          "HandleReloadConfigRequest" else
+                          f"{where}: only a model_config_list is supported, not {kind}")
     specs, names = [], set()
     for config in message.model_config_list.config:
         if config.name in names:
@@ -100,8 +107,3 @@ def load(path: Path) -> list[ModelSpec]:
         raise ConfigError(f"cannot read model config file {path}: "
                           f"{getattr(err, 'strerror', None) or err}") from None
     return parse(text, str(path))
-
-
-def base_path_listing(spec: ModelSpec) -> list[int]:
-    """The version numbers on disk under a model's base path (for label checks)."""
-    return [v.step for v in layout.versions(spec.base_path, spec.source)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared import cli, logs
+from shared import cli, datasets, logs
 
 PROG = "model_server"
 
@@ -109,8 +109,16 @@ def parser() -> cli.ArgumentParser:
                       metavar="N", help="refuse a JSON body with more than N values and lists, "
                                         "counted before it is parsed (default 1048576)")
     ours.add_argument("--max_regression", type=cli.non_negative_float, default=None,
-                      metavar="R", help="refuse a version whose loss on the gate's data is "
-                                        "more than the fraction R above the live version's")
+                      metavar="R", help="refuse a version whose loss on the gate's data is above "
+                                        "live + R * max(live, --regression_floor): the live "
+                                        "version's loss may be 0 and an equal version passes")
+    ours.add_argument("--regression_floor", type=cli.non_negative_float, default=1e-3,
+                      metavar="F", help="the smallest loss a regression is measured against "
+                                        "(default 0.001)")
+    ours.add_argument("--gate_dataset", type=datasets.spec_argument, default=None, metavar="JSON",
+                      help="the data every candidate and the live version are scored on, as a "
+                           "catalog spec, e.g. '{\"name\": \"linear\", \"seed\": 0}' "
+                           "(default: the live version's own)")
     ours.add_argument("--poll", type=cli.positive_float, default=None, metavar="SECONDS",
                       help="poll the base paths instead of inotify (network filesystems)")
     ours.add_argument("--full_loads", action="store_true",

@@ -32,6 +32,7 @@ log = logs.get("consumer")
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger body is refused with 413
 PREDICT_THREADS = 4  # Session.run releases the GIL: a few threads keep 2 cores busy
 SHUTDOWN_GRACE_SECONDS = 30  # requests in flight at SIGTERM get this long to finish
+KEEP_ALIVE = 60  # seconds an idle client connection stays open (uvicorn's default is 5)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
 _REST = re.compile(r"/v1/.*", re.I | re.S)
@@ -180,7 +181,7 @@ class HttpServer:
         self.host, self.port = host, self.socket.getsockname()[1]
         self.pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="rest")
         config = uvicorn.Config(RestApp(api, metrics, self.pool), log_config=None,
-                                access_log=False, lifespan="off",
+                                access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE,
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
         self.server = uvicorn.Server(config)
         # uvicorn's start and stop lines repeat our ``serving`` event; keep its warnings only

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from consumer.loader import Loaded
-from consumer.loop import Config, Consumer, Policy, Stats
+from consumer.loop import Config, Consumer, Policy, Stats, latest
 from consumer.manager import Manager, Servable
 from consumer.serving.errors import ServingError, invalid, not_found
-from shared import logs
+from shared import layout, logs
 
 log = logs.get("consumer")
 
@@ -42,7 +43,7 @@ class ModelSpec:
     name: str | Callable[[], str | None]
     base_path: Path
     source: str = "base"  # "base": <base_path>/<n>/ (TF Serving); "savedmodel": an export dir
-    policy: Policy | None = None
+    policy: Policy = field(default_factory=latest)  # TF Serving's default: the newest one
     labels: dict[str, int] = field(default_factory=dict)
 
 
@@ -64,12 +65,14 @@ class ServedModel:
         (``python -m consumer --mode serve`` names a model by its export.json, which the
         producer may not have written yet)."""
         self._name = name
+        self.base_path = config.export_dir
         self.config = config
         self.manager = Manager()
         self.labels: dict[str, int] = dict(labels or {})
         self.metrics = metrics
         self.stop = threading.Event()
         self.states: dict[int, VersionState] = {}
+        self._available = threading.Event()  # set once a first version is available
         self._lock = threading.Lock()
         self.consumer = Consumer(config, self.stop, self.manager, self, policy=policy,
                                  prepare=prepare)
@@ -89,11 +92,31 @@ class ServedModel:
         try:
             self.stats = self.consumer.run()
         except Exception as err:  # a defect of ours: this model stops, the server goes on
-            log.exception("model_failed", model=self.name or "", error=f"{type(err).__name__}: {err}")
+            log.exception("model_failed", model=self.name or "",
+                          error=f"{type(err).__name__}: {err}")
             self.stats = Stats(fatal=f"{type(err).__name__}: {err}")
 
     def start(self) -> None:
         self.thread.start()
+
+    def update(self, policy: Policy, labels: dict[str, int]) -> None:
+        """A reloaded config's policy and labels, in place: the labels move at once (one dict
+        replaced by another), and the loop reconciles the versions with the policy now."""
+        self.consumer.policy = policy
+        self.labels = dict(labels)
+        self.consumer.source.wake()
+
+    def wait_available(self, timeout: float) -> bool:
+        """Whether a version became available within ``timeout`` (or its loop ended)."""
+        deadline = time.monotonic() + timeout
+        while not self.manager.steps() and self.thread.is_alive() and \
+                time.monotonic() < deadline:
+            self._available.wait(0.05)
+        return bool(self.manager.steps())
+
+    def on_disk(self) -> set[int]:
+        """The version numbers under its base path now."""
+        return {v.step for v in layout.versions(self.base_path, self.config.source)}
 
     def finish(self, timeout: float | None = None) -> None:
         """Stop its loop (a load in progress completes first) and close its versions; each
@@ -109,6 +132,7 @@ class ServedModel:
 
     def went_live(self, step: int) -> None:
         self._set(step, VersionState(AVAILABLE))
+        self._available.set()
         if self.metrics is not None:
             self.metrics.went_live(self.name or "", step, self.manager.steps())
 

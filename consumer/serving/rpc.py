@@ -222,15 +222,16 @@ def _error_code(name: str) -> int:
 
 
 def channel_options(arguments: str) -> list[tuple[str, object]]:
-    """``--grpc_channel_arguments`` (``key=value,...``) as gRPC options; integers as integers."""
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    """``--grpc_channel_arguments`` (``key=value,...``) as gRPC options, over TF Serving's
+    message size limits; integers as integers."""
+    options: dict[str, object] = {"grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+                                  "grpc.max_send_message_length": MAX_MESSAGE_BYTES}
     for item in filter(None, (part.strip() for part in arguments.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
-        options.append((key, int(value) if value.lstrip("-").isdigit() else value))
-    return options
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    return list(options.items())
 
 
 class GrpcServer:

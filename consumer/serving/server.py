@@ -22,6 +22,7 @@ from consumer.serving.http import SHUTDOWN_GRACE_SECONDS, HttpServer
 from consumer.serving.json_parse import MAX_ELEMENTS
 from consumer.serving.metrics import ServingMetrics
 from consumer.serving.models import ModelSpec, Models, ServedModel  # noqa: F401 - for callers
+from consumer.serving.reload import ConfigFileWatcher, Reloader
 from consumer.serving.rest import RestApi
 from shared import cli, layout, logs
 
@@ -40,6 +41,9 @@ class Options:
     warmup_iterations: int = 1
     max_elements: int = MAX_ELEMENTS
     grpc_arguments: str = ""  # --grpc_channel_arguments
+    config_file: Path | None = None  # --model_config_file, read again when it changes...
+    config_poll: float = 0  # ...if this is > 0 (its poll interval, behind inotify)
+    allow_unavailable_labels: bool = False
 
 
 def export_dir_name(export_dir: Path) -> Callable[[], str | None]:
@@ -79,6 +83,12 @@ class ModelServer:
         except (OSError, RuntimeError) as err:
             cli.fail(prog, f"cannot listen on {options.host}:{port}: "
                            f"{getattr(err, 'strerror', None) or err}")
+        self.reloader = Reloader(self.models, self._model,
+                                 allow_unavailable_labels=options.allow_unavailable_labels)
+        try:
+            self.reloader.check(specs)  # a label the first config cannot keep: exit 2
+        except ServingError as err:
+            cli.fail(prog, err.message)
         for spec in specs:
             self.models.add(self._model(spec))
 
@@ -103,6 +113,11 @@ class ModelServer:
         for front in (self.http, self.grpc):
             if front is not None:
                 front.start()
+        watcher = None
+        if self.options.config_file is not None and self.options.config_poll > 0:
+            watcher = ConfigFileWatcher(self.options.config_file, self.options.config_poll,
+                                        self.reloader, stop)
+            watcher.start()
         names = [m.name or "<from export.json>" for m in models]
         rest = self.http.port if self.http else None
         log.info("serving", host=self.options.host, port=rest,
@@ -113,6 +128,8 @@ class ModelServer:
                 if models and all(not m.thread.is_alive() for m in models):
                     break  # every loop ended: --until-step reached, or a fatal error
         finally:
+            if watcher is not None:
+                watcher.close()
             # new requests are refused and those in flight finish, on both fronts at once
             closing = [threading.Thread(target=front.stop, args=(SHUTDOWN_GRACE_SECONDS,))
                        for front in (self.http, self.grpc) if front is not None]
@@ -125,6 +142,6 @@ class ModelServer:
                 model.finish(timeout=60)
         return models[0].stats if models and models[0].stats else Stats()
 
-    def reload_config(self, config) -> None:
-        """gRPC's HandleReloadConfigRequest (the model config lands in a later change)."""
-        raise ServingError("UNIMPLEMENTED", "a model config reload is not supported yet")
+    def reload_config(self, message) -> None:
+        """gRPC's HandleReloadConfigRequest: a ``ModelServerConfig`` to apply."""
+        self.reloader.apply_request(message)

@@ -28,12 +28,16 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
             cli.fail(prog, f"base path {spec.base_path} of model {spec.name} is a file")
     rescan = args.file_system_poll_wait_seconds
     loop = Config(export_dir=Path("."), work_dir=args.work_dir, source="base", mode=loader.SERVE,
-                  max_regression=args.max_regression, warm_swap=not args.full_loads,
+                  max_regression=args.max_regression, regression_floor=args.regression_floor,
+                  gate_dataset=args.gate_dataset, warm_swap=not args.full_loads,
                   poll=args.poll, rescan=float(rescan) if rescan > 0 else 24 * 3600.0)
     options = Options(host=args.host, rest_port=args.rest_api_port or None,
                       grpc_port=args.port or None, work_dir=args.work_dir,
                       loop=loop, warmup=args.enable_model_warmup,
                       warmup_iterations=max(1, args.num_request_iterations_for_warmup),
                       max_elements=args.max_request_elements or MAX_ELEMENTS,
-                      grpc_arguments=args.grpc_channel_arguments)
+                      grpc_arguments=args.grpc_channel_arguments,
+                      config_file=args.model_config_file,
+                      config_poll=float(args.model_config_file_poll_wait_seconds),
+                      allow_unavailable_labels=args.allow_version_labels_for_unavailable_models)
     return ModelServer(options, specs, prog)

@@ -1,0 +1,165 @@
+"""A new model config, applied to a running server: from ``--model_config_file`` (read again
+when it changes, with ``--model_config_file_poll_wait_seconds`` > 0) or from gRPC's
+``HandleReloadConfigRequest``. As in TF Serving the new config replaces the old one whole.
+
+- Models added are loaded; models removed stop taking requests and are unloaded, each version
+  after its last request; a model whose base path changed is replaced. Policies and labels
+  change in place: a label moves in one step (one dict for another), so moving ``stable`` back
+  to a version still loaded takes effect at once, warm, with no request failing.
+- TF Serving's label rule holds: a label may only point at an available version. Two
+  improvements: a label may also point at a version on disk that the new policy loads (it
+  answers once that version is ready, so adding a version and its label takes one push, not
+  two), and at start nothing has to be loaded yet for that. With
+  ``--allow_version_labels_for_unavailable_models``, a new (or unchanged) label may point at any
+  version, as in TF Serving.
+- A bad config is refused whole, with one line, and the running one stays. Reloads run one at
+  a time, and none waits while holding anything a request needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable
+
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
+from consumer.serving import config
+from consumer.serving.errors import ServingError
+from consumer.serving.models import ModelSpec, Models, ServedModel
+from shared import layout, logs
+
+log = logs.get("consumer")
+
+ADDED_MODEL_WAIT = 30.0  # seconds gRPC's reload waits for an added model's first version
+
+
+class Reloader:
+    def __init__(self, models: Models, make_model: Callable[[ModelSpec], ServedModel], *,
+                 allow_unavailable_labels: bool = False) -> None:
+        self.models = models
+        self.make_model = make_model
+        self.allow_unavailable_labels = allow_unavailable_labels
+        self._lock = threading.Lock()  # one reload at a time
+
+    def check(self, specs: list[ModelSpec]) -> None:
+        """Raise ``ServingError`` (FAILED_PRECONDITION, TF Serving's text) for a label that may
+        not point where it does."""
+        for spec in specs:
+            model = self.models.get(spec.name)
+            available = set(model.manager.steps()) if model is not None and \
+                model.base_path == spec.base_path else set()
+            old = model.labels if model is not None else {}
+            wanted = {v.step for v in spec.policy(_listing(spec))}
+            for label, version in spec.labels.items():
+                if version in available or version in wanted:
+                    continue
+                if self.allow_unavailable_labels and old.get(label, version) == version:
+                    continue
+                raise ServingError("FAILED_PRECONDITION",
+                                   f"Request to assign label to version {version} of model "
+                                   f"{spec.name}, which is not currently available for inference")
+
+    def apply(self, specs: list[ModelSpec]) -> list[ServedModel]:
+        """Make ``specs`` the server's models; returns the models added."""
+        with self._lock:
+            self.check(specs)
+            current = {model.name: model for model in self.models}
+            wanted = {spec.name: spec for spec in specs}
+            added, changed = [], []
+            for name, spec in wanted.items():
+                model = current.get(name)
+                if model is not None and model.base_path == spec.base_path:
+                    model.update(spec.policy, spec.labels)
+                    changed.append(name)
+                    continue
+                if model is not None:  # its base path moved: a new model under the same name
+                    self._remove(model)
+                added.append(self.make_model(spec))
+            removed = [model for name, model in current.items() if name not in wanted]
+            for model in removed:
+                self._remove(model)
+            for model in added:
+                self.models.add(model)
+                model.start()
+        log.info("config_reloaded", models=sorted(wanted), added=[m.name for m in added],
+                 removed=[m.name for m in removed], updated=changed)
+        return added
+
+    def _remove(self, model: ServedModel) -> None:
+        self.models.remove(model.name)  # new requests: NOT_FOUND; those in flight finish
+        threading.Thread(target=model.finish, kwargs={"timeout": 60},
+                         name="unload", daemon=True).start()
+
+    def apply_request(self, message) -> None:
+        """gRPC's HandleReloadConfigRequest: apply, then wait (a bounded while, holding nothing)
+        for each added model's first version, as TF Serving waits for them."""
+        try:
+            specs = config.from_proto(message, "HandleReloadConfigRequest")
+        except config.ConfigError as err:
+            raise ServingError("INVALID_ARGUMENT", str(err)) from None
+        added = self.apply(specs)
+        missing = [m.name for m in added if not m.wait_available(ADDED_MODEL_WAIT)]
+        if missing:
+            raise ServingError("UNKNOWN", f"{len(missing)} model(s) did not become available: "
+                                          f"{', '.join(missing)}")
+
+
+def _listing(spec: ModelSpec) -> list:
+    return layout.versions(spec.base_path, spec.source)
+
+
+class _Changed(FileSystemEventHandler):
+    def __init__(self, path: Path, wake: threading.Event) -> None:
+        self.path, self.wake = path, wake
+
+    def on_any_event(self, event) -> None:
+        if Path(getattr(event, "dest_path", "") or event.src_path) == self.path or \
+                Path(event.src_path) == self.path:
+            self.wake.set()
+
+
+class ConfigFileWatcher:
+    """``--model_config_file`` read again every ``poll`` seconds, and at once when inotify says
+    it changed (an edit takes milliseconds, not a poll interval, to apply)."""
+
+    def __init__(self, path: Path, poll: float, reloader: Reloader,
+                 stop: threading.Event) -> None:
+        self.path, self.poll, self.reloader, self.stop = Path(path).absolute(), poll, reloader, stop
+        self._wake = threading.Event()
+        self._text = self._read()
+        self._observer = Observer()
+        self._observer.schedule(_Changed(self.path, self._wake), str(self.path.parent))
+        self._thread = threading.Thread(target=self._run, name="config", daemon=True)
+
+    def _read(self) -> str | None:
+        try:
+            return self.path.read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def start(self) -> None:
+        self._observer.start()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self._wake.wait(self.poll)
+            self._wake.clear()
+            text = self._read()
+            if text is None or text == self._text:
+                continue
+            self._text = text
+            try:
+                self.reloader.apply(config.parse(text, str(self.path)))
+            except (config.ConfigError, ServingError) as err:
+                log.error("config_refused", path=str(self.path),
+                          error=getattr(err, "message", None) or str(err),
+                          reason="the running config stays")
+
+    def close(self) -> None:
+        self._wake.set()
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._thread.join(timeout=5)
