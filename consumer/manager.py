@@ -100,14 +100,20 @@ class Manager:
                 self.remove(step)
         return previous
 
-    @contextlib.contextmanager
-    def handle(self, step: int | None = None) -> Iterator[Servable | None]:
-        """Version ``step`` (the latest if None), kept open until the ``with`` block ends; None
-        if there is no such version available."""
+    def acquire(self, step: int | None = None) -> Servable | None:
+        """Version ``step`` (the latest if None), held until its ``release``; None if there is
+        no such version available. (``handle`` says the same as a ``with`` block.)"""
         with self._lock:
             servable = self._latest if step is None else self._versions.get(step)
             if servable is not None:
                 servable._acquire()
+        return servable
+
+    @contextlib.contextmanager
+    def handle(self, step: int | None = None) -> Iterator[Servable | None]:
+        """Version ``step`` (the latest if None), kept open until the ``with`` block ends; None
+        if there is no such version available."""
+        servable = self.acquire(step)
         try:
             yield servable
         finally:

@@ -9,14 +9,42 @@ the gRPC front protos. A failure is a ``ServingError`` with TF Serving's code an
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from consumer.serving import inference
-from consumer.serving.errors import invalid, not_found
+from consumer.serving.errors import ServingError, invalid, not_found
 from consumer.serving.models import Models, VersionState
 from consumer.signatures import Signature, TensorSpec
+
+
+class Admission:
+    """A bound on the requests in flight, both protocols together: past it a request is
+    answered UNAVAILABLE (503) at once, rather than queued for seconds. With batching on, the
+    batch queue's own bound (``max_enqueued_batches``) does this, and there is none here."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        if self.limit is None:
+            return
+        with self._lock:
+            if self._in_flight >= self.limit:
+                raise ServingError("UNAVAILABLE", f"the server has {self.limit} requests in "
+                                                  "flight, its limit (--max_inflight_requests): "
+                                                  "try again")
+            self._in_flight += 1
+
+    def leave(self) -> None:
+        if self.limit is None:
+            return
+        with self._lock:
+            self._in_flight -= 1
 
 
 @dataclass(frozen=True)
@@ -38,8 +66,17 @@ class Answer:
 
 
 class Calls:
-    def __init__(self, models: Models) -> None:
+    def __init__(self, models: Models, batcher=None, metrics=None) -> None:
+        """With a ``batcher`` (``consumer.serving.batching``), every session run of a request is
+        merged with concurrent ones; without, each request runs alone."""
         self.models = models
+        self.metrics = metrics
+        self.runner = batcher.run if batcher is not None else self._run
+
+    def _run(self, loaded, feeds, fetches) -> list:
+        if self.metrics is not None:
+            self.metrics.session_run()
+        return inference.run(loaded, feeds, fetches)
 
     def status(self, name: str, version: int | None) -> list[tuple[int, VersionState]]:
         """The versions the server knows of a model, newest first; labels play no part, as in
@@ -67,8 +104,9 @@ class Calls:
     def input_specs(self, target: Target, signature_name: str) -> dict[str, TensorSpec]:
         """The inputs of the signature a request names, to parse its body by; no version is
         held meanwhile (a long parse must not keep an old version from closing)."""
-        with self.models.handle(target.model, target.version, target.label) as servable:
-            signature = servable.loaded.signatures.get(inference.signature_key(signature_name))
+        servable = self.models.acquire(target.model, target.version, target.label)
+        signature = servable.loaded.signatures.get(inference.signature_key(signature_name))
+        servable.release()
         if signature is None:
             raise invalid(f'Serving signature name: '
                                     f'"{inference.signature_key(signature_name)}" not found in '
@@ -77,22 +115,26 @@ class Calls:
 
     def predict(self, target: Target, signature_name: str, inputs: dict[str, np.ndarray],
                 output_filter: tuple[str, ...] = ()) -> Answer:
-        with self.models.handle(target.model, target.version, target.label) as servable:
-            outputs = inference.predict(servable.loaded, signature_name, inputs, output_filter)
+        servable = self.models.acquire(target.model, target.version, target.label)
+        try:  # a predict is the hot path: no context manager's generator around it
+            outputs = inference.predict(servable.loaded, signature_name, inputs, output_filter,
+                                        self.runner)
             return Answer(outputs, servable.step, inference.signature_key(signature_name))
+        finally:
+            servable.release()
 
     def classify(self, target: Target, signature_name: str, examples: np.ndarray) -> Answer:
         with self.models.handle(target.model, target.version, target.label) as servable:
-            result = inference.classify(servable.loaded, signature_name, examples)
+            result = inference.classify(servable.loaded, signature_name, examples, self.runner)
             return Answer(result, servable.step, inference.signature_key(signature_name))
 
     def regress(self, target: Target, signature_name: str, examples: np.ndarray) -> Answer:
         with self.models.handle(target.model, target.version, target.label) as servable:
-            result = inference.regress(servable.loaded, signature_name, examples)
+            result = inference.regress(servable.loaded, signature_name, examples, self.runner)
             return Answer(result, servable.step, inference.signature_key(signature_name))
 
     def multi_inference(self, target: Target, tasks: list[inference.Task],
                         examples: np.ndarray) -> Answer:
         with self.models.handle(target.model, target.version, target.label) as servable:
-            results = inference.multi_inference(servable.loaded, tasks, examples)
+            results = inference.multi_inference(servable.loaded, tasks, examples, self.runner)
             return Answer(results, servable.step, "")

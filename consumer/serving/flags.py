@@ -21,14 +21,14 @@ PROG = "model_server"
 
 # TF Serving flags we accept and do not act on: name -> the default TF Serving gives it.
 IGNORED = {
-    "grpc_socket_path": "", "rest_api_num_threads": 0, "rest_api_enable_cors_support": False,
+    "grpc_socket_path": "", "rest_api_enable_cors_support": False,
     "enable_per_model_batching_parameters": False, "num_load_threads": 0,
     "num_unload_threads": 0, "max_num_load_retries": 5, "load_retry_interval_micros": 60000000,
     "flush_filesystem_caches": True, "tensorflow_session_parallelism": 0,
     "tensorflow_session_config_file": "", "tensorflow_intra_op_parallelism": 0,
     "tensorflow_inter_op_parallelism": 0, "use_alts_credentials": False, "ssl_config_file": "",
     "platform_config_file": "", "per_process_gpu_memory_fraction": 0.0,
-    "grpc_max_threads": 0, "monitoring_config_file": "",
+    "monitoring_config_file": "",
     "remove_unused_fields_from_bundle_metagraph": True, "prefer_tflite_model": False,
     "num_tflite_pools": 0, "num_tflite_interpreters_per_pool": 1,
     "enable_signature_method_name_check": False, "xla_cpu_compilation_enabled": False,
@@ -85,6 +85,12 @@ def parser() -> cli.ArgumentParser:
                      help="BatchingParameters in text format")
     _bool_flag(tfs, "allow_version_labels_for_unavailable_models", False,
                "let a new label point at a version that is not available yet")
+    tfs.add_argument("--rest_api_num_threads", type=cli.positive_int, default=None,
+                     help="REST requests parsed and run at once (default: the cores, 2 here, "
+                          "as more fight over Python's GIL; with batching, 128, each waiting "
+                          "for its batch)")
+    tfs.add_argument("--grpc_max_threads", type=cli.positive_int, default=None,
+                     help="gRPC calls run at once (default 4; with batching, 128)")
     tfs.add_argument("--grpc_channel_arguments", default="",
                      help="key=value,... e.g. grpc.max_receive_message_length=4194304")
     tfs.add_argument("--saved_model_tags", default="serve",
@@ -108,6 +114,10 @@ def parser() -> cli.ArgumentParser:
     ours.add_argument("--max_request_elements", type=cli.positive_int, default=None,
                       metavar="N", help="refuse a JSON body with more than N values and lists, "
                                         "counted before it is parsed (default 1048576)")
+    ours.add_argument("--max_inflight_requests", type=cli.positive_int, default=32,
+                      metavar="N", help="without batching: requests in flight, both protocols "
+                                        "together; past N, 503 / UNAVAILABLE at once rather "
+                                        "than a long queue (default 32)")
     ours.add_argument("--max_regression", type=cli.non_negative_float, default=None,
                       metavar="R", help="refuse a version whose loss on the gate's data is above "
                                         "live + R * max(live, --regression_floor): the live "

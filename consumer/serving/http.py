@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import uvicorn
 
 from consumer.serving import json_render
-from consumer.serving.calls import Target
+from consumer.serving.calls import Admission, Target
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from consumer.serving.rest import RestApi
@@ -30,7 +30,6 @@ from shared import logs
 log = logs.get("consumer")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger body is refused with 413
-PREDICT_THREADS = 4  # Session.run releases the GIL: a few threads keep 2 cores busy
 SHUTDOWN_GRACE_SECONDS = 30  # requests in flight at SIGTERM get this long to finish
 KEEP_ALIVE = 60  # seconds an idle client connection stays open (uvicorn's default is 5)
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -63,8 +62,9 @@ class BodyTooLarge(Exception):
 class RestApp:
     """The ASGI app: route, read the body, hand the call to the pool, send the answer."""
 
-    def __init__(self, api: RestApi, metrics: ServingMetrics, pool: ThreadPoolExecutor) -> None:
-        self.api, self.metrics, self.pool = api, metrics, pool
+    def __init__(self, api: RestApi, metrics: ServingMetrics, pool: ThreadPoolExecutor,
+                 admission: Admission) -> None:
+        self.api, self.metrics, self.pool, self.admission = api, metrics, pool, admission
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -80,9 +80,11 @@ class RestApp:
         if not _REST.fullmatch(path):
             await _send(send, Reply(404, json_render.render_error(f"Not found: {path}")))
             return
-        endpoint, model, call = "malformed", "", None
+        endpoint, model, call, admitted = "malformed", "", None, False
         try:
             endpoint, model, call = self._route(method, path)
+            self.admission.enter()  # past the bound: 503 now, not a place in a long queue
+            admitted = True
             body = await _read_body(scope, receive)
         except ServingError as err:
             reply = error_reply(err)
@@ -92,6 +94,9 @@ class RestApp:
         else:
             reply = await asyncio.get_running_loop().run_in_executor(
                 self.pool, self._answer, endpoint, call, body)
+        finally:
+            if admitted:
+                self.admission.leave()
         self.metrics.observe("rest", endpoint, model, reply.status, time.perf_counter() - started,
                              reply.version)
         await _send(send, reply)
@@ -176,12 +181,14 @@ class HttpServer:
     """uvicorn on a thread of its own; the socket is bound in the constructor, so a port in use
     is an error at start and ``port`` is the real one when 0 was asked for."""
 
-    def __init__(self, api: RestApi, metrics: ServingMetrics, host: str, port: int) -> None:
+    def __init__(self, api: RestApi, metrics: ServingMetrics, host: str, port: int,
+                 admission: Admission, threads: int) -> None:
         self.socket = listen(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
-        self.pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="rest")
-        config = uvicorn.Config(RestApp(api, metrics, self.pool), log_config=None,
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rest")
+        config = uvicorn.Config(RestApp(api, metrics, self.pool, admission), log_config=None,
                                 access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE,
+                                loop="uvloop", http="httptools",
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
         self.server = uvicorn.Server(config)
         # uvicorn's start and stop lines repeat our ``serving`` event; keep its warnings only

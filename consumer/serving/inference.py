@@ -7,6 +7,7 @@ format here, and no version resolution (the caller holds a handle on ``loaded``)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -18,6 +19,10 @@ from shared.tfcompat import tf
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
+
+
+# Who runs the session: ``run`` alone, or a batcher that merges runs (consumer.serving.batching).
+Runner = Callable[[Loaded, dict[str, np.ndarray], tuple[str, ...]], list]
 
 
 @dataclass
@@ -50,7 +55,7 @@ def predict_signature(loaded: Loaded, name: str) -> Signature:
 
 
 def predict(loaded: Loaded, signature_name: str, inputs: dict[str, np.ndarray],
-            output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+            output_filter: tuple[str, ...] = (), runner: Runner = run) -> dict[str, np.ndarray]:
     """Output key -> array. ``inputs`` are keyed by the signature's input names; their dtypes
     are checked against the signature's, as TF's runtime would check them."""
     signature = predict_signature(loaded, signature_name)
@@ -63,7 +68,7 @@ def predict(loaded: Loaded, signature_name: str, inputs: dict[str, np.ndarray],
                           f"{_numpy_type_name(np.asarray(array))} is provided")
     keys = _output_keys(signature, output_filter)
     feeds = {signature.inputs[key].name: array for key, array in inputs.items()}
-    values = run(loaded, feeds, signature.fetches(keys))
+    values = runner(loaded, feeds, signature.fetches(keys))
     return dict(zip(keys, values))
 
 
@@ -111,10 +116,11 @@ def _debug(signature: Signature) -> str:
     return str(signature.proto).replace("\n", " ").strip()
 
 
-def classify(loaded: Loaded, signature_name: str, examples: np.ndarray) -> Classification:
+def classify(loaded: Loaded, signature_name: str, examples: np.ndarray,
+             runner: Runner = run) -> Classification:
     signature = example_signature(loaded, signature_name)
     keys = classify_keys(signature)
-    outputs = dict(zip(keys, _run_examples(loaded, signature, examples, keys)))
+    outputs = dict(zip(keys, _run_examples(loaded, signature, examples, keys, runner)))
     return _classification(outputs, len(examples))
 
 
@@ -141,10 +147,11 @@ def _classification(outputs: dict[str, np.ndarray], examples: int) -> Classifica
     return Classification(labels, values)
 
 
-def regress(loaded: Loaded, signature_name: str, examples: np.ndarray) -> np.ndarray:
+def regress(loaded: Loaded, signature_name: str, examples: np.ndarray,
+            runner: Runner = run) -> np.ndarray:
     signature = example_signature(loaded, signature_name)
     _check_regression(signature)
-    (output,) = _run_examples(loaded, signature, examples, ("outputs",))
+    (output,) = _run_examples(loaded, signature, examples, ("outputs",), runner)
     return _regression(output, len(examples))
 
 
@@ -172,10 +179,10 @@ def _regression(output: np.ndarray, examples: int) -> np.ndarray:
 
 
 def _run_examples(loaded: Loaded, signature: Signature, examples: np.ndarray,
-                  keys: tuple[str, ...]) -> list[np.ndarray]:
+                  keys: tuple[str, ...], runner: Runner) -> list[np.ndarray]:
     if not len(examples):
         raise invalid("Input is empty.")
-    return run(loaded, {signature.inputs["inputs"].name: examples}, signature.fetches(keys))
+    return runner(loaded, {signature.inputs["inputs"].name: examples}, signature.fetches(keys))
 
 
 def _dt_name(array: np.ndarray) -> str:
@@ -193,7 +200,8 @@ class Task:
     method_name: str
 
 
-def multi_inference(loaded: Loaded, tasks: list[Task], examples: np.ndarray) -> list:
+def multi_inference(loaded: Loaded, tasks: list[Task], examples: np.ndarray,
+                    runner: Runner = run) -> list:
     """One run for several classify and regress signatures over the same examples: each result
     a ``Classification`` or a regression array, in the tasks' order."""
     signatures, seen = [], set()
@@ -217,7 +225,7 @@ def multi_inference(loaded: Loaded, tasks: list[Task], examples: np.ndarray) -> 
         raise invalid("Input is empty.")
     feeds = {name: examples for name in sorted({s.inputs["inputs"].name for s in signatures})}
     fetches = tuple(sorted({t.name for s in signatures for t in s.outputs.values()}))
-    values = dict(zip(fetches, run(loaded, feeds, fetches)))
+    values = dict(zip(fetches, runner(loaded, feeds, fetches)))
     results = []
     for task, signature in zip(tasks, signatures):
         if task.method_name == CLASSIFY:

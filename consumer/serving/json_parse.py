@@ -4,13 +4,15 @@ them. Three things differ from Python's ``json`` and are made to match: bytes af
 value are ignored, a value nested deeper than Python's parser goes is skipped if nobody reads it,
 and text that is not UTF-8 is kept as the bytes it was.
 
-The standard library alone: it runs in the server and in its parse process alike.
+No numpy and no TensorFlow: it runs in the server and in its parse process alike.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
+import orjson
 
 from consumer.serving.errors import invalid
 
@@ -50,6 +52,16 @@ def parse(body: bytes, max_elements: int = MAX_ELEMENTS) -> Body:
     if bound > max_elements:
         raise invalid(f"JSON Parse error: the request holds up to {bound} values and lists, over "
                       f"the limit of {max_elements} (--max_request_elements): split it")
+    try:  # the common case, in orjson's C: several times Python's speed on a big body
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:  # or anything it will not take (NaN, bytes after the value,
+        doc = _parse_like_rapidjson(body)  # deep nesting, text that is not UTF-8): TF's way
+    if not isinstance(doc, dict):
+        raise invalid(f"JSON Value: {debug(doc)} Is not object")
+    return Body(doc, b"true" in body or b"false" in body, b"Infinity" in body)
+
+
+def _parse_like_rapidjson(body: bytes):
     # surrogateescape keeps bytes that are not UTF-8 as they are, as TF Serving's parser does;
     # they come back out unchanged for a string tensor.
     text = body.decode("utf-8", "surrogateescape")
@@ -64,9 +76,7 @@ def parse(body: bytes, max_elements: int = MAX_ELEMENTS) -> Body:
         doc = _parse_shallow(text, start)
     except ValueError:  # an integer of thousands of digits
         raise invalid("JSON Parse error: Number too big to be stored in double.") from None
-    if not isinstance(doc, dict):
-        raise invalid(f"JSON Value: {debug(doc)} Is not object")
-    return Body(doc, b"true" in body or b"false" in body, b"Infinity" in body)
+    return doc
 
 
 class Deep:

@@ -17,12 +17,15 @@ from __future__ import annotations
 import base64
 import json
 import re
+import struct
 
 import numpy as np
 
 from consumer.serving.errors import invalid
 
 _SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_FLOAT32 = struct.Struct("f")
+SMALL = 64  # fewer values than this are printed one by one; more, with numpy's help
 
 
 def render_predict(outputs: dict[str, np.ndarray], row_format: bool) -> bytes:
@@ -88,6 +91,8 @@ def _tensor_texts(name: str, array: np.ndarray) -> tuple[list[str], list[int]]:
 def decimal_texts(flat: np.ndarray) -> list[str]:
     """Floats as TF Serving's WriteDecimal prints them (see the module's docstring)."""
     values = flat.tolist()
+    if len(values) <= SMALL:
+        return [_decimal(v, flat.dtype.itemsize) for v in values]
     texts = [f"{v:.6g}" for v in values]
     back = np.array(texts, dtype=flat.dtype)  # numpy reads "nan" and "inf" too
     with np.errstate(invalid="ignore"):
@@ -96,6 +101,18 @@ def decimal_texts(flat: np.ndarray) -> list[str]:
     for index in redo.tolist():
         texts[index] = format(values[index], digits)
     return [t if "." in t or "e" in t else _SPECIAL.get(t, t + ".0") for t in texts]
+
+
+def _decimal(value: float, size: int) -> str:
+    """One float, as ``decimal_texts`` prints it, without numpy's per-call cost."""
+    text = f"{value:.6g}"
+    if text[-1].isdigit():
+        back = float(text)
+        if size == 4:
+            back = _FLOAT32.unpack(_FLOAT32.pack(back))[0]  # read back as a float32
+        if back != value:
+            text = format(value, ".9g" if size == 4 else ".17g")
+    return text if "." in text or "e" in text else _SPECIAL.get(text, text + ".0")
 
 
 def _nest(flat: list[str], shape: list[int]) -> str:

@@ -20,6 +20,7 @@ disable_created_metrics()  # the ``*_created`` series double the output and say 
 
 # Request latency from a few hundred microseconds (a warm predict) to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServingMetrics:
@@ -42,16 +43,38 @@ class ServingMetrics:
         self.refusals = Counter("handoff_versions_refused",
                                 "Versions refused, by reason (load_failed, promotion_refused)",
                                 ["model", "reason"], registry=self.registry)
+        self.session_runs = Counter("handoff_session_runs", "Session runs for requests (a batch "
+                                    "is one run)", registry=self.registry)
+        self.batch_sizes = Histogram("handoff_batch_size", "Rows in each batch run, padding "
+                                     "included", buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batched = Counter("handoff_batched_requests", "Requests run in a batch",
+                               registry=self.registry)
         self._seen: dict[tuple[str, str], set[tuple]] = {}  # (model, version) -> its label sets
+        self._series: dict[tuple, tuple] = {}  # observe's labels -> their two series
         self._lock = threading.Lock()
 
     def observe(self, protocol: str, endpoint: str, model: str, code: int | str, seconds: float,
                 version: int | None = None) -> None:
-        version_label = "" if version is None else str(version)
-        with self._lock:
-            self._seen.setdefault((model, version_label), set()).add((protocol, endpoint, str(code)))
-        self.requests.labels(protocol, endpoint, model, version_label, str(code)).inc()
-        self.latency.labels(protocol, endpoint, model, version_label).observe(seconds)
+        key = (protocol, endpoint, model, version, code)
+        series = self._series.get(key)
+        if series is None:  # once per label set: the library's own lookup costs ~10 us a call
+            version_label, code_label = "" if version is None else str(version), str(code)
+            series = (self.requests.labels(protocol, endpoint, model, version_label, code_label),
+                      self.latency.labels(protocol, endpoint, model, version_label))
+            with self._lock:
+                self._seen.setdefault((model, version_label), set()).add(
+                    (protocol, endpoint, code_label))
+                self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def session_run(self) -> None:
+        self.session_runs.inc()
+
+    def batch(self, rows: int, padded: int, requests: int) -> None:
+        self.session_runs.inc()
+        self.batch_sizes.observe(padded)
+        self.batched.inc(requests)
 
     def went_live(self, model: str, step: int, available: list[int]) -> None:
         self.loads.labels(model).inc()
@@ -62,6 +85,8 @@ class ServingMetrics:
         self.live_version.labels(model).set(max(available) if available else -1)
         with self._lock:
             label_sets = self._seen.pop((model, str(step)), set())
+            for key in [k for k in self._series if k[2] == model and k[3] == step]:
+                del self._series[key]
         for protocol, endpoint, code in label_sets:
             for metric, labels in ((self.requests, (protocol, endpoint, model, str(step), code)),
                                    (self.latency, (protocol, endpoint, model, str(step)))):

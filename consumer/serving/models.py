@@ -60,7 +60,7 @@ class ServedModel:
 
     def __init__(self, name: str | Callable[[], str | None], config: Config, *,
                  policy: Policy | None = None, prepare: Callable[[Loaded], None] | None = None,
-                 labels: dict[str, int] | None = None, metrics=None) -> None:
+                 labels: dict[str, int] | None = None, metrics=None, batcher=None) -> None:
         """``name`` may be a function: the name is then read when first asked for and known
         (``python -m consumer --mode serve`` names a model by its export.json, which the
         producer may not have written yet)."""
@@ -70,6 +70,7 @@ class ServedModel:
         self.manager = Manager()
         self.labels: dict[str, int] = dict(labels or {})
         self.metrics = metrics
+        self.batcher = batcher  # told of each swap: the batch forming for the old version runs
         self.stop = threading.Event()
         self.states: dict[int, VersionState] = {}
         self._available = threading.Event()  # set once a first version is available
@@ -133,6 +134,9 @@ class ServedModel:
     def went_live(self, step: int) -> None:
         self._set(step, VersionState(AVAILABLE))
         self._available.set()
+        if self.batcher is not None:  # a batch never mixes versions: the old one's runs now
+            older = [self.manager.get(s) for s in self.manager.steps() if s != step]
+            self.batcher.close_version({id(loaded) for loaded in older if loaded is not None})
         if self.metrics is not None:
             self.metrics.went_live(self.name or "", step, self.manager.steps())
 
@@ -226,16 +230,25 @@ class Models:
             raise _unknown(name, version)
         return model
 
+    def acquire(self, name: str, version: int | None = None,
+                label: str | None = None) -> Servable:
+        """The version a request names, held until its ``release``."""
+        model = self.find(name, version, label)
+        step = model.resolve(version, label)
+        servable = model.manager.acquire(step)
+        if servable is None:
+            raise _unavailable(name, step)
+        return servable
+
     @contextlib.contextmanager
     def handle(self, name: str, version: int | None = None,
                label: str | None = None) -> Iterator[Servable]:
         """The version a request names, held until the ``with`` block ends."""
-        model = self.find(name, version, label)
-        step = model.resolve(version, label)
-        with model.manager.handle(step) as servable:
-            if servable is None:
-                raise _unavailable(name, step)
+        servable = self.acquire(name, version, label)
+        try:
             yield servable
+        finally:
+            servable.release()
 
 
 def _unknown(name: str, step: int | None) -> ServingError:

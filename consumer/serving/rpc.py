@@ -15,7 +15,7 @@ import grpc
 from google.protobuf import any_pb2
 
 from consumer.serving import inference, protos
-from consumer.serving.calls import Calls, Target
+from consumer.serving.calls import Admission, Calls, Target
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import ServingMetrics
 from shared import logs
@@ -28,7 +28,6 @@ from tensorflow.core.protobuf import error_codes_pb2  # noqa: E402
 
 log = logs.get("consumer")
 
-GRPC_THREADS = 8
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving's default, both ways; --grpc_channel_arguments lowers it
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 _CODES = {name: getattr(grpc.StatusCode, name) for name in grpc.StatusCode.__members__}
@@ -54,13 +53,16 @@ def _spec(name: str, version: int, signature_name: str | None):
 class _Service:
     """The part both services share: run a call, time it, count it, and map its error."""
 
-    def __init__(self, calls: Calls, metrics: ServingMetrics,
-                 reload: Callable | None = None) -> None:
+    def __init__(self, calls: Calls, metrics: ServingMetrics, reload: Callable | None = None,
+                 admission: Admission | None = None) -> None:
         self.calls, self.metrics, self.reload = calls, metrics, reload
+        self.admission = admission or Admission(None)
 
     def _serve(self, endpoint: str, model: str, context, call: Callable):
-        started, code, version = time.perf_counter(), "OK", None
+        started, code, version, admitted = time.perf_counter(), "OK", None, False
         try:
+            self.admission.enter()  # past the bound: UNAVAILABLE now, not a long queue
+            admitted = True
             response, version = call()
             return response
         except ServingError as err:  # the client's mistake, or a model's: one line, no trace
@@ -72,6 +74,8 @@ class _Service:
                           error=f"{type(err).__name__}: {err}")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
         finally:
+            if admitted:
+                self.admission.leave()
             self.metrics.observe("grpc", endpoint, model, code, time.perf_counter() - started,
                                  version)
 
@@ -238,14 +242,14 @@ class GrpcServer:
     """A gRPC server for both services, bound in the constructor (a port in use fails here)."""
 
     def __init__(self, calls: Calls, metrics: ServingMetrics, host: str, port: int,
-                 options: list | None = None, reload: Callable | None = None) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(GRPC_THREADS,
-                                                             thread_name_prefix="grpc"),
+                 options: list | None = None, reload: Callable | None = None,
+                 admission: Admission | None = None, threads: int = 4) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc"),
                                   options=options or channel_options(""))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(calls, metrics), self.server)
+            PredictionService(calls, metrics, admission=admission), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(calls, metrics, reload), self.server)
+            ModelService(calls, metrics, reload), self.server)  # status and reloads: never bounded
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:

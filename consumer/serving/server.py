@@ -15,8 +15,8 @@ from typing import Callable
 
 from consumer import loader
 from consumer.loop import Config, Stats
-from consumer.serving import rpc, warmup
-from consumer.serving.calls import Calls
+from consumer.serving import batching, rpc, warmup
+from consumer.serving.calls import Admission, Calls
 from consumer.serving.errors import ServingError
 from consumer.serving.http import SHUTDOWN_GRACE_SECONDS, HttpServer
 from consumer.serving.json_parse import MAX_ELEMENTS
@@ -41,6 +41,11 @@ class Options:
     warmup_iterations: int = 1
     max_elements: int = MAX_ELEMENTS
     grpc_arguments: str = ""  # --grpc_channel_arguments
+    batching: batching.Parameters | None = None  # None: every request runs alone
+    max_inflight: int | None = 32  # without batching: requests in flight, past it 503
+    rest_threads: int = 2  # REST requests parsed and run at once (the cores: more fight over
+    #                        the GIL; with batching, many, each waiting for its batch)
+    grpc_threads: int = 4
     config_file: Path | None = None  # --model_config_file, read again when it changes...
     config_poll: float = 0  # ...if this is > 0 (its poll interval, behind inotify)
     allow_unavailable_labels: bool = False
@@ -65,7 +70,10 @@ class ModelServer:
         self.options = options
         self.metrics = ServingMetrics()
         self.models = Models()
-        self.calls = Calls(self.models)
+        self.batcher = batching.Batcher(options.batching, self.metrics) \
+            if options.batching is not None else None
+        self.calls = Calls(self.models, self.batcher, self.metrics)
+        admission = Admission(None if self.batcher is not None else options.max_inflight)
         self.http = self.grpc = None
         try:
             grpc_options = rpc.channel_options(options.grpc_arguments)
@@ -75,11 +83,13 @@ class ModelServer:
         self.rest = RestApi(self.calls, options.max_elements)
         try:
             if options.rest_port is not None:
-                self.http = HttpServer(self.rest, self.metrics, options.host, options.rest_port)
+                self.http = HttpServer(self.rest, self.metrics, options.host, options.rest_port,
+                                       admission, options.rest_threads)
             port = options.grpc_port
             if options.grpc_port is not None:
                 self.grpc = rpc.GrpcServer(self.calls, self.metrics, options.host,
-                                           options.grpc_port, grpc_options, self.reload_config)
+                                           options.grpc_port, grpc_options, self.reload_config,
+                                           admission, options.grpc_threads)
         except (OSError, RuntimeError) as err:
             cli.fail(prog, f"cannot listen on {options.host}:{port}: "
                            f"{getattr(err, 'strerror', None) or err}")
@@ -102,7 +112,7 @@ class ModelServer:
         prepare = (lambda loaded: warmup.replay(loaded, iterations)) if self.options.warmup \
             else None
         return ServedModel(spec.name, config, policy=spec.policy, prepare=prepare,
-                           labels=spec.labels, metrics=self.metrics)
+                           labels=spec.labels, metrics=self.metrics, batcher=self.batcher)
 
     def run(self, stop: threading.Event) -> Stats:
         """Serve until ``stop`` is set (or, with an ``until_step``, until every model's loop has
@@ -138,6 +148,8 @@ class ModelServer:
             for thread in closing:
                 thread.join()
             self.rest.offload.close()
+            if self.batcher is not None:
+                self.batcher.close()
             for model in list(self.models):
                 model.finish(timeout=60)
         return models[0].stats if models and models[0].stats else Stats()

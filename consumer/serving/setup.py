@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from consumer import loader
 from consumer.loop import Config
-from consumer.serving import config
+from consumer.serving import batching, config
 from consumer.serving.json_parse import MAX_ELEMENTS
 from consumer.serving.models import ModelSpec
 from consumer.serving.server import ModelServer, Options
@@ -26,6 +27,13 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
     for spec in specs:
         if spec.base_path.exists() and not spec.base_path.is_dir():
             cli.fail(prog, f"base path {spec.base_path} of model {spec.name} is a file")
+    parameters = None
+    if args.enable_batching:
+        try:
+            parameters = batching.load_parameters(args.batching_parameters_file)
+        except ValueError as err:
+            cli.fail(prog, str(err))
+    many = 128  # with batching, each waiting request holds a thread until its batch has run
     rescan = args.file_system_poll_wait_seconds
     loop = Config(export_dir=Path("."), work_dir=args.work_dir, source="base", mode=loader.SERVE,
                   max_regression=args.max_regression, regression_floor=args.regression_floor,
@@ -39,5 +47,9 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
                       grpc_arguments=args.grpc_channel_arguments,
                       config_file=args.model_config_file,
                       config_poll=float(args.model_config_file_poll_wait_seconds),
-                      allow_unavailable_labels=args.allow_version_labels_for_unavailable_models)
+                      allow_unavailable_labels=args.allow_version_labels_for_unavailable_models,
+                      batching=parameters, max_inflight=args.max_inflight_requests,
+                      rest_threads=args.rest_api_num_threads or (many if parameters else
+                                                                 os.cpu_count() or 2),
+                      grpc_threads=args.grpc_max_threads or (many if parameters else 4))
     return ModelServer(options, specs, prog)
