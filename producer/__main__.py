@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from producer import cluster
-from shared import cli, commit, dirlock, layout, logs
+from shared import checkpoint_state, cli, commit, dirlock, layout, logs
 
 PROG = "producer"
 MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check before TF loads
@@ -50,6 +50,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_state_file(root: Path) -> None:
+    """Raise LayoutError if the checkpoint state file cannot be read whole. The producer would
+    write it over at its next commit, losing what a person may want to see first; a reader
+    parses it leniently (``shared.checkpoint_state``)."""
+    path = layout.state_file(root)
+    try:
+        checkpoint_state.parse(path.read_text(), strict=True)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, checkpoint_state.StateError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise layout.LayoutError(f"checkpoint state file {path} is damaged: {reason}; repair or "
+                                 "remove that line (the checkpoints are untouched)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if logs.configure(args.log_format) == "console" and sys.stdout.isatty():
@@ -63,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if role is None or role.is_chief:  # the one process that writes the export dir
             commit.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
             dirlock.hold(args.export_dir, PROG)
+            check_state_file(args.export_dir)
     except (cluster.ClusterError, layout.LayoutError, dirlock.DirLocked) as err:
         cli.fail(PROG, str(err))
 
