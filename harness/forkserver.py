@@ -13,8 +13,9 @@ child makes its own sessions, thread pools and gRPC servers after the fork.
 The server sets glibc's huge-page tunable itself (``consumer.hugepages``), so a consumer child
 finds it set and does not execute itself again, which would throw the warm import away.
 
-Protocol, over a SOCK_SEQPACKET socket pair (one message per send): the client sends the argv
-as JSON with the child's stdout and stderr pipes attached (SCM_RIGHTS); the server answers
+Protocol, over a SOCK_SEQPACKET socket pair (one message per send): the client sends
+``{"argv": [...], "cwd": DIR or null}`` as JSON with the child's stdout and stderr pipes attached
+(SCM_RIGHTS); the server answers
 ``started PID``, and later ``exited PID CODE`` (CODE as ``subprocess`` gives it: -9 for SIGKILL).
 """
 
@@ -53,7 +54,8 @@ def serve(module: str, fd: int) -> None:
             pid = os.fork()
             if pid == 0:
                 sock.close()
-                _run_child(program, json.loads(message), *fds)
+                request = json.loads(message)
+                _run_child(program, request["argv"], request["cwd"], *fds)
             for descriptor in fds:
                 os.close(descriptor)
             children.add(pid)
@@ -66,9 +68,12 @@ def serve(module: str, fd: int) -> None:
             sock.sendall(f"exited {pid} {os.waitstatus_to_exitcode(status)}".encode())
 
 
-def _run_child(program, argv: list[str], stdout: int, stderr: int) -> None:
-    """In the child: take the pipes as stdout and stderr, run ``program.main()`` on ``argv``, and
-    exit with its code, as ``sys.exit(main())`` under ``python -m`` would."""
+def _run_child(program, argv: list[str], cwd: str | None, stdout: int, stderr: int) -> None:
+    """In the child: take the pipes as stdout and stderr, run ``program.main()`` on ``argv`` in
+    ``cwd`` (else the server's), and exit with its code, as ``sys.exit(main())`` under
+    ``python -m`` would."""
+    if cwd is not None:
+        os.chdir(cwd)
     os.dup2(stdout, 1)
     os.dup2(stderr, 2)
     os.close(stdout)

@@ -126,12 +126,14 @@ class ForkServer:
             if child is not None:
                 child._exit(int(code[0]))
 
-    def spawn(self, argv: list[str]) -> ForkedChild:
-        """A child running MODULE's ``main()`` on ``argv``, its stdout and stderr piped to us."""
+    def spawn(self, argv: list[str], cwd: str | os.PathLike | None = None) -> ForkedChild:
+        """A child running MODULE's ``main()`` on ``argv`` in ``cwd`` (else the repo), its stdout
+        and stderr piped to us."""
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
+        request = {"argv": argv, "cwd": None if cwd is None else str(cwd)}
         with self._lock:
-            socket.send_fds(self._socket, [json.dumps(argv).encode()], [out_write, err_write])
+            socket.send_fds(self._socket, [json.dumps(request).encode()], [out_write, err_write])
             os.close(out_write)
             os.close(err_write)
             pid = self._started.get(timeout=30)
@@ -162,14 +164,15 @@ class Process:
 
     def __init__(self, module: str, *args, on_event: Callable[[dict], None] | None = None,
                  preexec_fn: Callable[[], None] | None = None,
-                 server: ForkServer | None = None) -> None:
+                 server: ForkServer | None = None, cwd: str | os.PathLike | None = None) -> None:
         """``preexec_fn`` runs in the child before it starts: a test sets a resource limit.
-        With a ``server`` (for ``module``), the child is forked warm from it."""
+        With a ``server`` (for ``module``), the child is forked warm from it. It runs in ``cwd``,
+        else in the repo."""
         if server is not None:
             assert server.module == module and preexec_fn is None
-            self.popen = server.spawn(command(module, *args)[3:])  # past "python -m module"
+            self.popen = server.spawn(command(module, *args)[3:], cwd)  # past "python -m module"
         else:
-            self.popen = subprocess.Popen(command(module, *args), cwd=REPO,
+            self.popen = subprocess.Popen(command(module, *args), cwd=cwd or REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, env=env(), preexec_fn=preexec_fn)
         self.events: list[dict] = []

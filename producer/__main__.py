@@ -17,7 +17,10 @@ MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check bef
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--model", choices=MODEL_NAMES, default="linear")
-    parser.add_argument("--export-dir", type=Path, default=Path("exports"))
+    parser.add_argument("--export-dir", type=Path, default=Path("exports"),
+                        help="in a cluster, a relative path is made absolute against this "
+                             "process's working directory: the ps tasks write each "
+                             "checkpoint's variables to the path the chief names")
     parser.add_argument("--steps", type=cli.non_negative_int, default=None,
                         help="train until the global step reaches N (default: the model's own)")
     parser.add_argument("--checkpoint-every", type=cli.positive_int, default=100, metavar="N")
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         role = cluster.resolve(args.cluster, args.job, args.task)
+        if role is not None:  # relative, the ps would resolve it against its own cwd
+            args.export_dir = Path(os.path.abspath(args.export_dir))
         if role is None or role.is_chief:  # the one process that writes the export dir
             commit.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
             dirlock.hold(args.export_dir, PROG)

@@ -157,12 +157,42 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
      "task 3 is outside job 'worker'"),
     (["--cluster", "not-a-file.json", "--job", "ps"], "neither JSON nor a readable file"),
     (["--cluster", '{"ps": ["a:1"], "worker": ["nohost"]}', "--job", "ps"], '"host:port"'),
+    (["--cluster", '{"ps": ["127.0.0.1:99999"], "worker": ["b:2"]}', "--job", "ps"],
+     "'127.0.0.1:99999' has port 99999, outside 1..65535"),  # TF served it on a random port
+    (["--cluster", '{"ps": ["a:1"], "worker": ["b:0"]}', "--job", "ps"],
+     "'b:0' has port 0, outside 1..65535"),  # any port, which no other task could know
 ])
 def test_bad_cluster_input_exits_2_with_one_line(args, message, tmp_path):
     result = run("producer", "--export-dir", tmp_path / "x", *args, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_relative_export_dir_is_where_the_chief_runs_though_the_ps_runs_elsewhere(tmp_path,
+                                                                                   warm):
+    """The ps writes each checkpoint's variable shards to the path the chief names. A relative
+    one resolved against the ps's own working directory, and every publish failed there with
+    ``NotFoundError``."""
+    spec = local_cluster(workers=1)
+    chief_dir, ps_dir = tmp_path / "chief", tmp_path / "ps"
+    chief_dir.mkdir()
+    ps_dir.mkdir()
+    ps = Process("producer", "--cluster", spec, "--job", "ps", server=warm, cwd=ps_dir)
+    chief = Process("producer", "--cluster", spec, "--job", "worker", "--export-dir", "exports",
+                    "--steps", 200, "--checkpoint-every", 100, "--export-every", 200,
+                    server=warm, cwd=chief_dir)
+    try:
+        assert chief.wait(timeout=120) == 0, chief.stderr
+        assert ps.terminate() == 0, ps.stderr
+    finally:
+        for process in (chief, ps):
+            process.kill()
+    assert not chief.named("publish_failed"), chief.named("publish_failed")
+    assert chief.named("training_started")[0]["export_dir"] == str(chief_dir / "exports")
+    assert [c.step for c in layout.checkpoint_versions(chief_dir / "exports")] == [100, 200]
+    complete_versions_only(chief_dir / "exports")
+    assert list(ps_dir.iterdir()) == []  # nothing beside the ps
 
 
 def test_tf_config_names_the_task_when_the_flags_are_absent():
