@@ -74,9 +74,13 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
     dataset = dataset_for(config)
     device = v1.train.replica_device_setter(worker_device=f"/job:worker/task:{role.task}",
                                             cluster=cluster)
-    graph = models.build_training_graph(models.MODELS[config.model], dataset, config.seed,
-                                        device=device, replicas=len(role.cluster["worker"]))
+    spec = models.MODELS[config.model]
+    graph = models.build_training_graph(spec, dataset, config.seed, device=device)
     model = contract.read_training(graph)
+    # The topology's rate is this run's, fed with every step; the graph (and every export of
+    # it) keeps the model's own.
+    workers = len(role.cluster["worker"])
+    rate = models.learning_rate_feed(graph, spec.replica_learning_rate(workers))
     session_config = v1.ConfigProto(
         # see only the ps tasks and itself: another worker's death must not block this one
         device_filters=["/job:ps", f"/job:worker/task:{role.task}"],
@@ -88,7 +92,7 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
     try:
         if role.is_chief:
             return _chief(role, config, stop, server, manager, init, graph, model,
-                          session_config, dataset)
+                          session_config, dataset, rate)
         try:
             session = manager.wait_for_session(server.target, config=session_config,
                                                max_wait_secs=timeout)
@@ -97,8 +101,9 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
         if session is None:
             raise ClusterFailure(f"the chief (worker/0) did not initialize the variables within "
                                  f"{timeout:g} s")
-        log.info("worker_joined", task=role.name, step=int(session.run(model.global_step)))
-        step = _train(session, model, dataset, config, stop)
+        log.info("worker_joined", task=role.name, step=int(session.run(model.global_step)),
+                 learning_rate=applied_rate(session, model, rate))
+        step = _train(session, model, dataset, config, stop, rate)
         log.info("training_finished", task=role.name, step=step,
                  reason="signal" if stop.is_set() else "steps_reached")
         return step
@@ -119,7 +124,14 @@ def _cause(message: str, role: Role) -> str:
     return f"{lost} ({detail.group(1)})" if detail else lost
 
 
-def _chief(role, config, stop, server, manager, init, graph, model, session_config, dataset):
+def applied_rate(session, model, rate: dict) -> float:
+    """The rate this worker's steps apply: its update ops' rate input, evaluated with the feed
+    its steps carry. Read from the graph, so a graph that ignored the feed would show here."""
+    return float(session.run(models.applied_learning_rates(model.train_op), rate)[0])
+
+
+def _chief(role, config, stop, server, manager, init, graph, model, session_config, dataset,
+           rate):
     clean(config.export_dir)
     publisher = publisher_for(config, graph)
     restored = {}
@@ -133,21 +145,21 @@ def _chief(role, config, stop, server, manager, init, graph, model, session_conf
 
     session = manager.prepare_session(server.target, init_fn=init_or_restore,
                                       config=session_config)
-    workers = len(role.cluster["worker"])
-    step = log_start(config, restored["step"], task=role.name, workers=workers,
-                     ps=len(role.cluster["ps"]),
-                     learning_rate=models.MODELS[config.model].replica_learning_rate(workers))
+    step = log_start(config, restored["step"], task=role.name,
+                     workers=len(role.cluster["worker"]), ps=len(role.cluster["ps"]),
+                     learning_rate=applied_rate(session, model, rate))
     schedule = Schedule(publisher, session, serving_for(config), config, start=step)
-    step = _train(session, model, dataset, config, stop, schedule.due)
+    step = _train(session, model, dataset, config, stop, rate, schedule.due)
     schedule.final(step)
     log.info("training_finished", task=role.name, step=step,
              reason="signal" if stop.is_set() else "steps_reached")
     return step
 
 
-def _train(session, model, dataset, config: Config, stop: threading.Event,
+def _train(session, model, dataset, config: Config, stop: threading.Event, rate: dict,
            at_step=lambda step: None) -> int:
-    """Steps until the global step, which every worker advances, reaches the target."""
+    """Steps until the global step, which every worker advances, reaches the target; each step
+    is fed this run's ``rate``."""
     logged = step = int(session.run(model.global_step))
     while not stop.is_set():
         at_step(step)
@@ -155,7 +167,7 @@ def _train(session, model, dataset, config: Config, stop: threading.Event,
             break
         features, labels = dataset.batch(step)
         metrics, _ = session.run([model.metrics, model.train_op],
-                                 {model.features: features, model.labels: labels})
+                                 {model.features: features, model.labels: labels, **rate})
         step = int(session.run(model.global_step))
         every = config.log_every_epochs * dataset.steps_per_epoch
         if step // every > logged // every:

@@ -10,7 +10,7 @@ import pytest
 
 from consumer import evaluate, loader, train
 from producer import cluster
-from shared import commit, layout
+from shared import commit, layout, models
 from harness.processes import ForkServer, Process, local_cluster
 from tests.helpers import run
 
@@ -96,11 +96,24 @@ def test_two_asynchronous_workers_learn_the_line_without_diverging(tmp_path, war
     finally:
         for task in tasks:
             task.kill()
-    assert workers[0].named("training_started")[0]["learning_rate"] == 0.01
+    # The rate each worker's update ops took, as its session evaluated them with its feeds
+    assert workers[0].named("training_started")[0]["learning_rate"] == pytest.approx(0.01)
+    assert workers[1].named("worker_joined")[0]["learning_rate"] == pytest.approx(0.01)
     assert all(len(worker.named("train_progress")) >= 2 for worker in workers)  # both trained
     late = [e["loss"] for worker in workers for e in worker.named("train_progress")
             if e["step"] >= 1000]
     assert late and max(late) < 0.003, late  # the noise floor, 0.00235, and no excursion
+
+    # The export keeps the model's own rate: a consumer that continues it alone, feeding only
+    # features and labels, trains at 0.02, not at the half that suited two workers.
+    for version in (layout.latest_checkpoint(root), layout.latest_savedmodel(root)):
+        loaded = loader.load(version, loader.TRAIN)
+        try:
+            rates = models.applied_learning_rates(loaded.training.train_op)
+            assert loaded.session.run(rates) == [pytest.approx(0.02)] * 2, version
+        finally:
+            loaded.close()
+            loaded.imported.retire()
 
 
 def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit(tmp_path, warm):
