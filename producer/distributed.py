@@ -17,8 +17,11 @@ import time
 from producer.cluster import ClusterFailure, Role
 from producer.train import (Config, Schedule, clean, dataset_for, log, log_start, publisher_for,
                             serving_for)
-from shared import contract, models
+from shared import contract, layout, models
 from shared.tfcompat import tf, v1
+
+CHIEF_CHECK = 0.5  # seconds between a non-chief worker's looks at the chief's server
+WAIT_CHECK = 0.2  # seconds between its looks at a signal and the global step while it waits
 
 # What a session run raises when a task of the cluster is gone or stops answering.
 LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
@@ -103,7 +106,12 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
                                  f"{timeout:g} s")
         log.info("worker_joined", task=role.name, step=int(session.run(model.global_step)),
                  learning_rate=applied_rate(session, model, rate))
-        step = _train(session, model, dataset, config, stop, rate)
+        watch = ChiefWatch(role.cluster["worker"][0])
+        try:
+            step = _train(session, model, dataset, config, stop, rate, lambda step: _await_chief(
+                watch, role, session, model, config, stop, timeout, step))
+        finally:
+            watch.close()
         log.info("training_finished", task=role.name, step=step,
                  reason="signal" if stop.is_set() else "steps_reached")
         return step
@@ -111,6 +119,58 @@ def train_worker(role: Role, config: Config, stop: threading.Event, timeout: flo
         log.error("cluster_lost", task=role.name, error=type(err).__name__, message=err.message)
         raise ClusterFailure(f"{role.name} lost the cluster: {_cause(err.message, role)}: "
                              f"{type(err).__name__}") from None
+
+
+class ChiefWatch:
+    """Whether the chief's server answers, looked at on a thread every ``CHIEF_CHECK`` seconds.
+    Only the chief publishes: a worker that trained on without it ran to --steps and exited 0,
+    and none of its steps past the chief's last commit was ever published."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.answers = threading.Event()
+        self.answers.set()  # it initialized the variables a moment ago
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="chief-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        host, port = self.address.rsplit(":", 1)
+        while not self._closed.wait(CHIEF_CHECK):
+            try:  # a dead chief's port refuses at once; a lost machine's times out
+                socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+                self.answers.set()
+            except OSError:
+                self.answers.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _await_chief(watch: ChiefWatch, role: Role, session, model, config: Config,
+                 stop: threading.Event, timeout: float, step: int) -> None:
+    """Before each step of a non-chief worker: while the chief does not answer, train no step
+    and wait for it (a restarted chief resumes from the newest commit), up to ``timeout``; then
+    ClusterFailure. A chief gone once the target is reached has simply finished."""
+    if watch.answers.is_set() or step >= config.steps:
+        return
+    committed = layout.latest_checkpoint(config.export_dir)  # if this worker sees the dir
+    log.warning("chief_lost", task=role.name, chief="worker/0", address=watch.address, step=step,
+                steps_since_commit=None if committed is None else step - committed.step,
+                timeout_seconds=timeout)
+    lost = time.monotonic()
+    while not watch.answers.wait(WAIT_CHECK):
+        now = int(session.run(model.global_step))  # a lost ps raises here, as in a step
+        if stop.is_set() or now >= config.steps:
+            return
+        waited = time.monotonic() - lost
+        if waited > timeout:
+            log.error("cluster_lost", task=role.name, error="chief_lost", step=now,
+                      waited_seconds=round(waited, 1))
+            raise ClusterFailure(
+                f"{role.name} lost the chief (worker/0 at {watch.address}): no answer for "
+                f"{timeout:g} s; training stopped at step {now}, and only the chief publishes")
+    log.info("chief_returned", task=role.name, step=int(session.run(model.global_step)),
+             lost_at_step=step, paused_seconds=round(time.monotonic() - lost, 2))
 
 
 def _cause(message: str, role: Role) -> str:

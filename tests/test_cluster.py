@@ -129,11 +129,13 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
         chief.kill()  # -9 at some point of its saves
         newest = layout.latest_checkpoint(root).step
         complete_versions_only(root)
-        # the other worker goes on
+        lost = worker.wait_for(lambda e: e["event"] == "chief_lost")  # it waits for the chief
         chief = start(warm, spec, "worker", 0, *args, "--steps", 10**9)
         lives.append(chief)
         resumed = chief.wait_for(lambda e: e["event"] == "training_resumed")
         assert resumed["step"] == newest  # the committed checkpoint, not the ps's newer values
+        back = worker.wait_for(lambda e: e["event"] == "chief_returned")
+        assert back["paused_seconds"] > 0 and back["lost_at_step"] == lost["step"]
         chief.wait_for(lambda e: e["event"] == "checkpoint_saved")
 
         ps.kill()  # -9: the workers fail in one line, they do not hang
@@ -161,6 +163,37 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
     assert layout.latest_checkpoint(root).step >= target
     complete_versions_only(root)
     assert commit.clean_leftovers(root) == []
+
+
+def test_a_worker_whose_chief_is_lost_stops_training_and_fails_when_it_does_not_come_back(
+        tmp_path, warm):
+    """Only the chief publishes. With it killed, the other worker trained on to --steps and
+    exited 0 with "steps_reached", though no step past the chief's last commit was published."""
+    spec, root = local_cluster(workers=2), tmp_path / "exports"
+    args = ("--export-dir", root, "--steps", 5000, "--checkpoint-every", 100,
+            "--export-every", 10**6, "--log-every", 10**6, "--cluster-timeout", 2)
+    tasks = [start(warm, spec, "ps", 0)] + [start(warm, spec, "worker", task, *args)
+                                           for task in (0, 1)]
+    ps, chief, worker = tasks
+    try:
+        chief.wait_for(lambda e: e["event"] == "checkpoint_saved")
+        chief.kill()
+        committed = layout.latest_checkpoint(root).step
+        lost = worker.wait_for(lambda e: e["event"] == "chief_lost")
+        assert worker.wait(timeout=60) == 1, worker.stderr
+        assert ps.terminate() == 0, ps.stderr
+    finally:
+        for task in tasks:
+            task.kill()
+    assert lost["step"] < 5000 and lost["chief"] == "worker/0"
+    assert lost["steps_since_commit"] == lost["step"] - committed  # it can see the export dir
+    assert not worker.named("training_finished")
+    gave_up = worker.named("cluster_lost")[-1]
+    assert gave_up["step"] == lost["step"]  # no step trained while it waited
+    assert gave_up["waited_seconds"] >= 2
+    ours = [line for line in worker.stderr.splitlines() if line.startswith("producer:")]
+    assert ours == [worker.stderr.splitlines()[-1]] and "Traceback" not in worker.stderr
+    assert f"worker/1 lost the chief (worker/0 at {json.loads(spec)['worker'][0]})" in ours[0]
 
 
 @pytest.mark.parametrize("args, message", [
