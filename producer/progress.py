@@ -38,24 +38,22 @@ class Layout:
         self.task = task
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield from lay_out(self.fields(), options.max_width, self._bar(console, options))
+        def bar(width: int) -> Text:  # rich's own bar, as text, to sit among the fields
+            drawn = ProgressBar(total=self.task.total, completed=self.task.completed, width=width)
+            segments = console.render(drawn, options.update(width=width))
+            return Text.assemble(*((s.text, s.style) for s in segments if s.text != "\n"))
+
+        yield from lay_out(self.fields(), options.max_width, bar)
 
     def fields(self) -> tuple[list[Text], list[Text], Text | None]:
-        """(the head around the bar: count, then rate and ETA), the figures, the published."""
+        """The fields around the bar (the count, then steps/s and the ETA), the figures, and
+        the published versions (None before the first)."""
         task = self.task
         rate = Text(f"{task.speed:,.0f}/s" if task.speed else "-/s", style="cyan")
         head = [MofNCompleteColumn().render(task), rate, TimeRemainingColumn().render(task)]
         figures = [Text(figure) for figure in task.fields["figures"]]
         published = task.fields["published"]
         return head, figures, Text(published, style="green") if published else None
-
-    def _bar(self, console: Console, options: ConsoleOptions):
-        def bar(width: int) -> Text:
-            segments = console.render(ProgressBar(total=self.task.total,
-                                                  completed=self.task.completed, width=width),
-                                      options.update(width=width))
-            return Text.assemble(*((s.text, s.style) for s in segments if s.text != "\n"))
-        return bar
 
 
 def lay_out(fields: tuple[list[Text], list[Text], Text | None], width: int,
