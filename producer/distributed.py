@@ -1,7 +1,8 @@
 """Training on TensorFlow's own cluster runtime: parameter servers hold the variables, workers
 run steps asynchronously (between-graph replication), and worker 0, the chief, alone
 initializes or restores and publishes, through the same ``Publisher`` and commit protocol as a
-producer alone. Not ``CheckpointSaverHook``: it uses ``Saver.save``'s unsafe order.
+producer alone. Not ``CheckpointSaverHook``: it uses ``Saver.save``'s unsafe order. The other
+workers train only while the chief answers (``ChiefWatch``): steps nobody publishes are waste.
 
 The training meta graphs keep the device strings TF gives them (``/job:ps/task:0``); a consumer
 clears them on import. The serving graph is built without devices.
