@@ -60,12 +60,14 @@ def check_state_file(root: Path) -> None:
     path = layout.state_file(root)
     try:
         checkpoint_state.parse(path.read_text(), strict=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or no export dir: claim says
         return
-    except (OSError, UnicodeDecodeError, checkpoint_state.StateError) as err:
-        reason = getattr(err, "strerror", None) or err
-        raise layout.LayoutError(f"checkpoint state file {path} is damaged: {reason}; repair or "
+    except checkpoint_state.StateError as err:
+        raise layout.LayoutError(f"checkpoint state file {path} is damaged: {err}; repair or "
                                  "remove that line (the checkpoints are untouched)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise layout.LayoutError(f"checkpoint state file {path} cannot be read: {reason}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         if role is not None:  # relative, the ps would resolve it against its own cwd
             args.export_dir = Path(os.path.abspath(args.export_dir))
         if role is None or role.is_chief:  # the one process that writes the export dir
+            check_state_file(args.export_dir)  # first: claim reads it too, leniently
             commit.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
             dirlock.hold(args.export_dir, PROG)
-            check_state_file(args.export_dir)
     except (cluster.ClusterError, layout.LayoutError, dirlock.DirLocked) as err:
         cli.fail(PROG, str(err))
 

@@ -36,6 +36,18 @@ def test_the_producer_refuses_a_damaged_state_file_in_one_line_naming_it(tmp_pat
     assert state.read_text() == DAMAGED  # nothing rewritten
 
 
+def test_the_producer_refuses_a_state_file_that_is_not_text(tmp_path):
+    """It was a UnicodeDecodeError traceback, from the manifest check's look for versions."""
+    root = tmp_path / "exports"
+    (root / "checkpoints").mkdir(parents=True)
+    layout.state_file(root).write_bytes(b"\xff\xfe garbage\n")
+    result = run("producer", "--export-dir", root, "--steps", 10, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(layout.state_file(root)) in result.stderr and "utf-8" in result.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoints"]  # nothing written
+
+
 def test_a_reader_keeps_the_checkpoints_and_treats_an_unreadable_time_as_unknown(tmp_path):
     """The consumer's source reads the state file through ``shared.layout``: a damaged time
     raised ValueError out of its loop. Now only that time is unknown, as TF treats a missing one,
