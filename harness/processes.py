@@ -47,24 +47,63 @@ def env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-class ForkedChild:
-    """A child of a ``ForkServer``, with the part of ``subprocess.Popen`` that ``Process`` uses."""
+class LostExit(int):
+    """The exit code of a forked child whose server died first: only the server, its parent,
+    could learn the real one. The child died with it (the kernel's SIGKILL), or before."""
 
-    def __init__(self, pid: int, stdout: int, stderr: int) -> None:
+    CODE = -256  # no process exits with it: subprocess gives 0..255, or -N for signal N
+
+    def __new__(cls) -> "LostExit":
+        return super().__new__(cls, cls.CODE)
+
+    def __repr__(self) -> str:
+        return f"LostExit({self.CODE}: the fork server died before the child's exit reached it)"
+
+
+def _pid_gone(pid: int) -> bool:
+    """Whether ``pid`` has ended: no such process, or a zombie nobody reaped yet (PID 1 in a
+    container may never reap it; ``os.kill(pid, 0)`` would still succeed on it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+class ForkedChild:
+    """A child of a ``ForkServer``, with the part of ``subprocess.Popen`` that ``Process`` uses.
+    Its exit code comes from the server, its parent; if the server dies first, ``wait`` polls
+    the pid instead and gives ``LostExit`` once it is gone."""
+
+    LOST_POLL = 0.05  # seconds between looks at the pid, once the server is gone
+
+    def __init__(self, pid: int, stdout: int, stderr: int,
+                 server_lost: threading.Event | None = None) -> None:
         self.pid, self.returncode = pid, None
         self.stdout, self.stderr = open(stdout, errors="replace"), open(stderr, errors="replace")
         self._exited = threading.Event()
+        self._server_lost = server_lost or threading.Event()
 
     def _exit(self, code: int) -> None:
         self.returncode = code
         self._exited.set()
 
     def poll(self) -> int | None:
+        if (self.returncode is None and self._server_lost.is_set()
+                and _pid_gone(self.pid)):
+            self._exit(LostExit())
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if not self._exited.wait(timeout):
-            raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+            if self._server_lost.is_set():
+                self._exited.wait(self.LOST_POLL if left is None else min(left, self.LOST_POLL))
+            else:  # the server reports the exit; look again now and then in case it dies
+                self._exited.wait(1.0 if left is None else min(left, 1.0))
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -111,10 +150,23 @@ class ForkServer:
         self._started: queue.Queue = queue.Queue()
         self._lock = threading.Lock()  # one spawn at a time: replies come in request order
         self._registry = threading.Lock()
+        self.lost = threading.Event()  # the server died: its children's exits are not reported
         threading.Thread(target=self._read_replies, daemon=True).start()
 
+    @property
+    def pid(self) -> int:
+        """The server's own process id."""
+        return self._server.pid
+
     def _read_replies(self) -> None:
-        while message := self._socket.recv(256).decode():
+        try:
+            self._relay_replies()
+        except OSError:  # the socket closed under us (``close``), or the server reset it
+            pass
+        self.lost.set()
+
+    def _relay_replies(self) -> None:
+        while message := self._socket.recv(256).decode():  # b"": the server is gone
             word, pid, *code = message.split()
             if word == "started":
                 self._started.put(int(pid))
@@ -126,16 +178,20 @@ class ForkServer:
             if child is not None:
                 child._exit(int(code[0]))
 
-    def spawn(self, argv: list[str]) -> ForkedChild:
-        """A child running MODULE's ``main()`` on ``argv``, its stdout and stderr piped to us."""
+    def spawn(self, argv: list[str], cwd: str | os.PathLike | None = None) -> ForkedChild:
+        """A child running MODULE's ``main()`` on ``argv`` in ``cwd`` (else the repo), its stdout
+        and stderr piped to us."""
+        if self.lost.is_set():
+            raise RuntimeError(f"the fork server for {self.module} is gone")
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
+        request = {"argv": argv, "cwd": None if cwd is None else str(cwd)}
         with self._lock:
-            socket.send_fds(self._socket, [json.dumps(argv).encode()], [out_write, err_write])
+            socket.send_fds(self._socket, [json.dumps(request).encode()], [out_write, err_write])
             os.close(out_write)
             os.close(err_write)
             pid = self._started.get(timeout=30)
-        child = ForkedChild(pid, out_read, err_read)
+        child = ForkedChild(pid, out_read, err_read, self.lost)
         with self._registry:
             if pid in self._exits:
                 child._exit(self._exits.pop(pid))
@@ -162,14 +218,15 @@ class Process:
 
     def __init__(self, module: str, *args, on_event: Callable[[dict], None] | None = None,
                  preexec_fn: Callable[[], None] | None = None,
-                 server: ForkServer | None = None) -> None:
+                 server: ForkServer | None = None, cwd: str | os.PathLike | None = None) -> None:
         """``preexec_fn`` runs in the child before it starts: a test sets a resource limit.
-        With a ``server`` (for ``module``), the child is forked warm from it."""
+        With a ``server`` (for ``module``), the child is forked warm from it. It runs in ``cwd``,
+        else in the repo."""
         if server is not None:
             assert server.module == module and preexec_fn is None
-            self.popen = server.spawn(command(module, *args)[3:])  # past "python -m module"
+            self.popen = server.spawn(command(module, *args)[3:], cwd)  # past "python -m module"
         else:
-            self.popen = subprocess.Popen(command(module, *args), cwd=REPO,
+            self.popen = subprocess.Popen(command(module, *args), cwd=cwd or REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, env=env(), preexec_fn=preexec_fn)
         self.events: list[dict] = []

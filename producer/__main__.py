@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from producer import cluster
-from shared import cli, commit, dirlock, layout, logs
+from shared import checkpoint_state, cli, commit, dirlock, layout, logs
 
 PROG = "producer"
 MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check before TF loads
@@ -17,7 +17,10 @@ MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check bef
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--model", choices=MODEL_NAMES, default="linear")
-    parser.add_argument("--export-dir", type=Path, default=Path("exports"))
+    parser.add_argument("--export-dir", type=Path, default=Path("exports"),
+                        help="in a cluster, a relative path is made absolute against this "
+                             "process's working directory: the ps tasks write each "
+                             "checkpoint's variables to the path the chief names")
     parser.add_argument("--steps", type=cli.non_negative_int, default=None,
                         help="train until the global step reaches N (default: the model's own)")
     parser.add_argument("--checkpoint-every", type=cli.positive_int, default=100, metavar="N")
@@ -50,6 +53,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_state_file(root: Path) -> None:
+    """Raise LayoutError if the checkpoint state file cannot be read whole. The producer would
+    write it over at its next commit, losing what a person may want to see first; a reader
+    parses it leniently (``shared.checkpoint_state``)."""
+    path = layout.state_file(root)
+    try:
+        checkpoint_state.parse(path.read_text(), strict=True)
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or no export dir: claim says
+        return
+    except checkpoint_state.StateError as err:
+        raise layout.LayoutError(f"checkpoint state file {path} is damaged: {err}; repair or "
+                                 "remove that line (the checkpoints are untouched)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise layout.LayoutError(f"checkpoint state file {path} cannot be read: {reason}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if logs.configure(args.log_format) == "console" and sys.stdout.isatty():
@@ -60,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         role = cluster.resolve(args.cluster, args.job, args.task)
+        if role is not None:  # relative, the ps would resolve it against its own cwd
+            args.export_dir = Path(os.path.abspath(args.export_dir))
         if role is None or role.is_chief:  # the one process that writes the export dir
+            check_state_file(args.export_dir)  # first: claim reads it too, leniently
             commit.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
             dirlock.hold(args.export_dir, PROG)
     except (cluster.ClusterError, layout.LayoutError, dirlock.DirLocked) as err:

@@ -83,10 +83,21 @@ def _spec(value: object) -> dict[str, list[str]]:
                 or not all(isinstance(a, str) and _ADDRESS.match(a) for a in addresses)):
             raise ClusterError(f"cluster job {job!r} must list one or more \"host:port\" "
                                f"addresses, got {json.dumps(addresses)[:120]}")
+        for address in addresses:
+            _check_port(job, address)
     everyone = value["ps"] + value["worker"]
     if len(set(everyone)) != len(everyone):
         raise ClusterError("the cluster spec lists an address twice")
     return {job: list(value[job]) for job in JOBS}
+
+
+def _check_port(job: str, address: str) -> None:
+    """A task's port must be one every other task can dial: TF serves port 0, or one past 65535,
+    on a port of the kernel's choosing, and the others would wait for it in vain."""
+    port = int(address.rsplit(":", 1)[1])
+    if not 1 <= port <= 65535:
+        raise ClusterError(f"cluster job {job!r} address {address!r} has port {port}, outside "
+                           "1..65535")
 
 
 def _role(spec: dict[str, list[str]], job: str, task: int) -> Role:

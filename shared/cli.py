@@ -60,7 +60,8 @@ def port(text: str) -> int:
 
 def stop_on_signals() -> threading.Event:
     """An event set by SIGINT, SIGTERM or SIGHUP (a closed terminal or ssh session), so loops can
-    finish their step and exit 0."""
+    finish their step and exit 0. A SIGHUP ignored when the process started stays ignored:
+    ``nohup`` set it so, to keep the process running after its terminal closes."""
     stop = threading.Event()
 
     def handle(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -68,5 +69,7 @@ def stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGHUP, handle)
+    # Python reads the inherited disposition at start: SIG_IGN here is the caller's choice.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handle)
     return stop

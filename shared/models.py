@@ -72,6 +72,14 @@ MODELS = {
 }
 
 
+LEARNING_RATE = "learning_rate"  # the training graph's rate: fed by a run, else the model's
+
+
+def learning_rate_feed(graph: tf.Graph, rate: float) -> dict:
+    """The feed that makes a step of ``graph`` train at ``rate``."""
+    return {graph.get_tensor_by_name(f"{LEARNING_RATE}:0"): rate}
+
+
 def _placeholders(dataset: datasets.Dataset, with_labels: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
     regression = dataset.task == "regression"
     dtype = tf.float64 if regression else tf.float32
@@ -95,10 +103,14 @@ def _metrics(outputs: tf.Tensor, labels: tf.Tensor, dataset: datasets.Dataset) -
 
 
 def build_training_graph(spec: ModelSpec, dataset: datasets.Dataset, seed: int,
-                         device: Callable | str | None = None, replicas: int = 1) -> tf.Graph:
+                         device: Callable | str | None = None) -> tf.Graph:
     """The training graph with the full contract: global step, feeds, fetches, metrics, dataset.
-    ``device`` places its ops, e.g. a ``replica_device_setter`` in a cluster, where the graph is
-    one of ``replicas`` asynchronous workers' (``ModelSpec.replica_learning_rate``)."""
+    ``device`` places its ops, e.g. a ``replica_device_setter`` in a cluster.
+
+    Its rate is ``LEARNING_RATE``, the model's own unless a step feeds another: the rate that
+    suits a topology (``ModelSpec.replica_learning_rate``) belongs to the run that has it, and
+    the graph, which every export carries, keeps the model's. So a consumer that continues an
+    export alone, feeding features and labels only, trains at the model's rate."""
     graph = tf.Graph()
     with graph.as_default(), graph.device(device):
         graph.seed = seed
@@ -106,8 +118,10 @@ def build_training_graph(spec: ModelSpec, dataset: datasets.Dataset, seed: int,
         features, labels = _placeholders(dataset, with_labels=True)
         outputs = spec.forward(features, dataset)
         metrics = _metrics(outputs, labels, dataset)
-        optimizer = spec.optimizer(spec.replica_learning_rate(replicas))
-        train_op = optimizer.minimize(metrics[0], global_step=global_step)
+        # float32, as a Python float given to the optimizer became; it casts to each variable
+        rate = v1.placeholder_with_default(tf.constant(spec.learning_rate, tf.float32), [],
+                                           name=LEARNING_RATE)
+        train_op = spec.optimizer(rate).minimize(metrics[0], global_step=global_step)
         contract.attach_training(features, labels, metrics, train_op, dataset)
     return graph
 
@@ -141,3 +155,19 @@ def build_serving_graph(spec: ModelSpec, dataset: datasets.Dataset,
         signature = v1.saved_model.signature_def_utils.predict_signature_def(
             inputs={contract.INPUT_KEY: features}, outputs=named)
     return ServingGraph(graph, {contract.SIGNATURE_KEY: signature}, assets, main_op)
+
+
+def applied_learning_rates(train_op: tf.Operation) -> list[tf.Tensor]:
+    """The rate inputs of the update ops that ``train_op`` runs (gradient descent's ``alpha``,
+    Adam's ``lr``), in name order: the rate a step applies, read from the graph, however it was
+    built. Evaluated with a step's feeds, they give the rate that step uses."""
+    seen, todo, rates = set(), [train_op], []
+    while todo:
+        op = todo.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        names = [arg.name for arg in op.op_def.input_arg]
+        rates += [op.inputs[names.index(n)] for n in ("alpha", "lr") if n in names]
+        todo += list(op.control_inputs) + [tensor.op for tensor in op.inputs]
+    return sorted(rates, key=lambda tensor: tensor.name)

@@ -10,7 +10,7 @@ import pytest
 
 from consumer import evaluate, loader, train
 from producer import cluster
-from shared import commit, layout
+from shared import commit, layout, models
 from harness.processes import ForkServer, Process, local_cluster
 from tests.helpers import run
 
@@ -96,11 +96,24 @@ def test_two_asynchronous_workers_learn_the_line_without_diverging(tmp_path, war
     finally:
         for task in tasks:
             task.kill()
-    assert workers[0].named("training_started")[0]["learning_rate"] == 0.01
+    # The rate each worker's update ops took, as its session evaluated them with its feeds
+    assert workers[0].named("training_started")[0]["learning_rate"] == pytest.approx(0.01)
+    assert workers[1].named("worker_joined")[0]["learning_rate"] == pytest.approx(0.01)
     assert all(len(worker.named("train_progress")) >= 2 for worker in workers)  # both trained
     late = [e["loss"] for worker in workers for e in worker.named("train_progress")
             if e["step"] >= 1000]
     assert late and max(late) < 0.003, late  # the noise floor, 0.00235, and no excursion
+
+    # The export keeps the model's own rate: a consumer that continues it alone, feeding only
+    # features and labels, trains at 0.02, not at the half that suited two workers.
+    for version in (layout.latest_checkpoint(root), layout.latest_savedmodel(root)):
+        loaded = loader.load(version, loader.TRAIN)
+        try:
+            rates = models.applied_learning_rates(loaded.training.train_op)
+            assert loaded.session.run(rates) == [pytest.approx(0.02)] * 2, version
+        finally:
+            loaded.close()
+            loaded.imported.retire()
 
 
 def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit(tmp_path, warm):
@@ -116,11 +129,13 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
         chief.kill()  # -9 at some point of its saves
         newest = layout.latest_checkpoint(root).step
         complete_versions_only(root)
-        # the other worker goes on
+        lost = worker.wait_for(lambda e: e["event"] == "chief_lost")  # it waits for the chief
         chief = start(warm, spec, "worker", 0, *args, "--steps", 10**9)
         lives.append(chief)
         resumed = chief.wait_for(lambda e: e["event"] == "training_resumed")
         assert resumed["step"] == newest  # the committed checkpoint, not the ps's newer values
+        back = worker.wait_for(lambda e: e["event"] == "chief_returned")
+        assert back["paused_seconds"] > 0 and back["lost_at_step"] == lost["step"]
         chief.wait_for(lambda e: e["event"] == "checkpoint_saved")
 
         ps.kill()  # -9: the workers fail in one line, they do not hang
@@ -150,6 +165,37 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
     assert commit.clean_leftovers(root) == []
 
 
+def test_a_worker_whose_chief_is_lost_stops_training_and_fails_when_it_does_not_come_back(
+        tmp_path, warm):
+    """Only the chief publishes. With it killed, the other worker trained on to --steps and
+    exited 0 with "steps_reached", though no step past the chief's last commit was published."""
+    spec, root = local_cluster(workers=2), tmp_path / "exports"
+    args = ("--export-dir", root, "--steps", 5000, "--checkpoint-every", 100,
+            "--export-every", 10**6, "--log-every", 10**6, "--cluster-timeout", 2)
+    tasks = [start(warm, spec, "ps", 0)] + [start(warm, spec, "worker", task, *args)
+                                           for task in (0, 1)]
+    ps, chief, worker = tasks
+    try:
+        chief.wait_for(lambda e: e["event"] == "checkpoint_saved")
+        chief.kill()
+        committed = layout.latest_checkpoint(root).step
+        lost = worker.wait_for(lambda e: e["event"] == "chief_lost")
+        assert worker.wait(timeout=60) == 1, worker.stderr
+        assert ps.terminate() == 0, ps.stderr
+    finally:
+        for task in tasks:
+            task.kill()
+    assert lost["step"] < 5000 and lost["chief"] == "worker/0"
+    assert lost["steps_since_commit"] == lost["step"] - committed  # it can see the export dir
+    assert not worker.named("training_finished")
+    gave_up = worker.named("cluster_lost")[-1]
+    assert gave_up["step"] == lost["step"]  # no step trained while it waited
+    assert gave_up["waited_seconds"] >= 2
+    ours = [line for line in worker.stderr.splitlines() if line.startswith("producer:")]
+    assert ours == [worker.stderr.splitlines()[-1]] and "Traceback" not in worker.stderr
+    assert f"worker/1 lost the chief (worker/0 at {json.loads(spec)['worker'][0]})" in ours[0]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--job", "worker", "--task", 0], "need --cluster"),
     (["--cluster", '{"ps": ["a:1"]}', "--job", "ps"], 'must be {"ps": [...], "worker": [...]}'),
@@ -157,12 +203,42 @@ def test_the_chief_and_the_ps_killed_and_restarted_resume_from_the_newest_commit
      "task 3 is outside job 'worker'"),
     (["--cluster", "not-a-file.json", "--job", "ps"], "neither JSON nor a readable file"),
     (["--cluster", '{"ps": ["a:1"], "worker": ["nohost"]}', "--job", "ps"], '"host:port"'),
+    (["--cluster", '{"ps": ["127.0.0.1:99999"], "worker": ["b:2"]}', "--job", "ps"],
+     "'127.0.0.1:99999' has port 99999, outside 1..65535"),  # TF served it on a random port
+    (["--cluster", '{"ps": ["a:1"], "worker": ["b:0"]}', "--job", "ps"],
+     "'b:0' has port 0, outside 1..65535"),  # any port, which no other task could know
 ])
 def test_bad_cluster_input_exits_2_with_one_line(args, message, tmp_path):
     result = run("producer", "--export-dir", tmp_path / "x", *args, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_relative_export_dir_is_where_the_chief_runs_though_the_ps_runs_elsewhere(tmp_path,
+                                                                                   warm):
+    """The ps writes each checkpoint's variable shards to the path the chief names. A relative
+    one resolved against the ps's own working directory, and every publish failed there with
+    ``NotFoundError``."""
+    spec = local_cluster(workers=1)
+    chief_dir, ps_dir = tmp_path / "chief", tmp_path / "ps"
+    chief_dir.mkdir()
+    ps_dir.mkdir()
+    ps = Process("producer", "--cluster", spec, "--job", "ps", server=warm, cwd=ps_dir)
+    chief = Process("producer", "--cluster", spec, "--job", "worker", "--export-dir", "exports",
+                    "--steps", 200, "--checkpoint-every", 100, "--export-every", 200,
+                    server=warm, cwd=chief_dir)
+    try:
+        assert chief.wait(timeout=120) == 0, chief.stderr
+        assert ps.terminate() == 0, ps.stderr
+    finally:
+        for process in (chief, ps):
+            process.kill()
+    assert not chief.named("publish_failed"), chief.named("publish_failed")
+    assert chief.named("training_started")[0]["export_dir"] == str(chief_dir / "exports")
+    assert [c.step for c in layout.checkpoint_versions(chief_dir / "exports")] == [100, 200]
+    complete_versions_only(chief_dir / "exports")
+    assert list(ps_dir.iterdir()) == []  # nothing beside the ps
 
 
 def test_tf_config_names_the_task_when_the_flags_are_absent():

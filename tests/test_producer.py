@@ -232,15 +232,16 @@ def test_a_committed_checkpoint_is_never_written_over(tmp_path):
     versions.close()
 
 
-def _run_on_a_terminal(*args) -> tuple[int, str]:
-    """The producer with a real pseudo-terminal (120 columns) as its stdout and stderr; what a
-    person would see, with the ANSI control sequences taken out."""
+def _run_on_a_terminal(*args, columns: int = 120) -> tuple[int, str, str]:
+    """The producer with a real pseudo-terminal ``columns`` wide as its stdout and stderr: its
+    exit code, what a person would see (the ANSI control sequences taken out), and the live
+    display's last frame (after the last erase-line sequence, which each redraw starts with)."""
     from tests.helpers import env
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     child = subprocess.Popen([sys.executable, "-m", "producer", *map(str, args)], cwd=REPO,
-                             stdout=slave, stderr=slave, env=env())
+                             stdout=slave, stderr=slave, env={**env(), "COLUMNS": str(columns)})
     os.close(slave)
     out = b""
     while True:
@@ -252,17 +253,70 @@ def _run_on_a_terminal(*args) -> tuple[int, str]:
             break
         out += chunk
     os.close(master)
-    return child.wait(timeout=60), re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", out).decode()
+    plain = lambda raw: re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", raw).decode()  # noqa: E731
+    return child.wait(timeout=60), plain(out), plain(out.rsplit(b"\x1b[2K", 1)[-1])
+
+
+# Each field of the live display, whole: the step count, the bar, steps/s, the ETA, each figure
+# ("loss 0.00235"), and the published versions.
+_NUMBER = r"-?[0-9][0-9.]*(?:e[-+][0-9]+)?"
+_FIELDS = [r"(?:^| )1500/1500 ", r" ━+ ", r" [0-9,]+/s ", r" 0:00:00 ", r"→ ckpt 1500 sm 1500"]
+
+
+def _assert_whole_at_80_columns(screen: str, last: str, figures: list[str]) -> list[str]:
+    """No field of the display cut short, and its last frame's lines within 80 columns."""
+    assert "…" not in screen, last
+    lines = last.strip("\r\n").split("\r\n")
+    assert all(len(line) <= 80 for line in lines), lines
+    flat = " ".join(" ".join(lines).split())
+    for field in _FIELDS + [rf"(?:^| ){name} {_NUMBER}(?: |$)" for name in figures]:
+        assert re.search(field, flat), (field, lines)
+    return lines
+
+
+def test_the_linear_models_progress_at_80_columns_keeps_every_field_whole(tmp_path):
+    """At 80 columns rich cut every field of the linear model's line short, e.g. ``200… ━━━━
+    1,34… 0:0… loss 0.00235 slope…``. Its figures do not fit beside the rest: they go below."""
+    code, screen, last = _run_on_a_terminal(
+        "--export-dir", tmp_path / "tty", "--steps", 1500, "--checkpoint-every", 100,
+        "--export-every", 500, "--log-every", 5, columns=80)
+    assert code == 0, screen
+    lines = _assert_whole_at_80_columns(screen, last, ["loss", "slope", "intercept"])
+    assert len(lines) == 2 and lines[1].lstrip().startswith("loss "), lines
+
+
+@pytest.mark.parametrize("width, lines", [(120, 1), (100, 1), (80, 2), (60, 2), (40, 4)])
+def test_the_progress_layout_keeps_every_field_whole_at_any_width(width, lines):
+    import io
+
+    from rich.console import Console
+
+    from producer.progress import LiveProgress
+
+    screen = io.StringIO()
+    console = Console(file=screen, width=width, force_terminal=True)
+    progress = LiveProgress(console=console, auto_refresh=False)
+    progress.add_task("train", total=100000, completed=31337, published="→ ckpt 31300 sm 30000",
+                      figures=["loss 0.002351", "slope 1.5", "intercept -2.998"])
+    console.print(*progress.get_renderables())
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).splitlines()
+    assert len(shown) == lines and all(len(line) <= width for line in shown), shown
+    flat = " ".join(" ".join(shown).split())
+    for field in ("31337/100000 ━", " -/s -:--:-- ", "loss 0.002351", "slope 1.5",
+                  "intercept -2.998", "→ ckpt 31300 sm 30000"):
+        assert field in flat, (field, shown)
 
 
 def test_a_terminal_gets_one_progress_line_and_json_stays_event_for_event(tmp_path):
+    """At 80 columns, with every field whole (the layout test covers other widths)."""
     args = ("--model", "mlp", "--steps", 1500, "--checkpoint-every", 100, "--export-every", 500,
             "--log-every", 5)
-    code, screen = _run_on_a_terminal("--export-dir", tmp_path / "tty", *args)
+    code, screen, last = _run_on_a_terminal("--export-dir", tmp_path / "tty", *args, columns=80)
     assert code == 0, screen
-    line = re.compile(r"1500/1500 ━+ [\d,]+/s 0:00:00 loss [\d.]+ +accuracy [\d.]+ "
-                      r"→ ckpt 1500 sm 1500")
-    assert line.search(screen), screen[-2000:]
+    line = re.compile(r"^1500/1500 ━+ [\d,]+/s 0:00:00 loss [\d.]+ +accuracy [\d.]+ "
+                      r"→ ckpt 1500 sm 1500$")
+    [shown] = _assert_whole_at_80_columns(screen, last, ["loss", "accuracy"])
+    assert line.search(shown), shown
     for event in ("training_started", "model_exported", "training_finished"):
         assert event in screen  # what matters prints above the line...
     assert "checkpoint_saved" not in screen and "train_progress" not in screen  # ...not routine
