@@ -149,6 +149,7 @@ def _checkpoint_stall(root: Path, size_mib: int, steps: int, every: int) -> dict
 
 
 def main() -> None:
+    hugepages.reexec_with_huge_pages(None)  # as the consumer runs: python -m, its own argv
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--restore-mib", type=int, default=1024)
     parser.add_argument("--stall-mib", type=int, default=256)
@@ -156,7 +157,6 @@ def main() -> None:
     parser.add_argument("--stall-steps", type=int, default=400)
     parser.add_argument("--stall-every", type=int, default=100)
     args = parser.parse_args()
-    hugepages.reexec_with_huge_pages()  # as the consumer runs
     for parts in (1, 4):
         print(json.dumps(restore_throughput(args.restore_mib, args.repeats, parts)), flush=True)
     print(json.dumps(checkpoint_stall(args.stall_mib, args.stall_steps, args.stall_every)),

@@ -4,8 +4,9 @@ The real producer trains as fast as it can, so its versions arrive in bursts tha
 rightly coalesces. Handoff latency is measured per version, so versions come at a steady pace
 here, one training step apart. They are published by the producer's own code path
 (``shared.publish``): checkpoints, or SavedModels with the ``serve`` graph. Each commit prints
-``{"event": "committed", "step", "committed_at"}``, the commit time the writer recorded,
-which the consumer reads too.
+``{"event": "committed", "step", "committed_at", "visible_at"}``: the commit time the writer
+recorded (which the consumer reads too), and the time just after the rename that made the
+version visible (the writer records its time before the last fsync, about 1 ms earlier here).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def main() -> None:
             else:
                 publisher.export_savedmodel(session, step, serving=serving)
             committed_at = layout.versions(args.export_dir, args.kind)[-1].committed_at
-            print(json.dumps({"event": "committed", "step": step, "committed_at": committed_at}),
-                  flush=True)
+            print(json.dumps({"event": "committed", "step": step, "committed_at": committed_at,
+                              "visible_at": publisher.visible_at}), flush=True)
 
 
 if __name__ == "__main__":

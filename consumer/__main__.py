@@ -33,31 +33,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="periodic rescan that catches events inotify dropped")
     parser.add_argument("--full-loads", action="store_true",
                         help="import every version's graph afresh, never the warm swap")
-    serve = parser.add_argument_group("serve mode (TF Serving's REST API)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=cli.port, default=8501,
-                       help="REST port (TF Serving's 8501); 0 picks a free port")
-    serve.add_argument("--grpc-port", type=cli.port, default=8500,
+    serve = parser.add_argument_group("serve mode (TF Serving's REST and gRPC APIs)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine "
+                                      "only)")
+    serve.add_argument("--port", type=cli.port, help="REST port (TF Serving's 8501); 0 picks a "
+                                                     "free port")
+    serve.add_argument("--grpc-port", type=cli.port,
                        help="gRPC port (TF Serving's 8500); 0 picks a free port")
-    serve.add_argument("--model-name", default=None,
+    serve.add_argument("--model-name",
                        help="the name in /v1/models/NAME (default: export.json's model)")
-    serve.add_argument("--max-regression", type=cli.non_negative_float, default=None,
-                       metavar="R", help="refuse a version whose loss on the gate's data is "
-                                         "above live + R * max(live, --regression-floor): the "
-                                         "live loss may be 0 and an equal version passes")
-    serve.add_argument("--regression-floor", type=cli.non_negative_float, default=1e-3,
-                       metavar="F", help="the smallest loss a regression is measured against "
-                                         "(default 0.001)")
-    serve.add_argument("--gate-dataset", type=datasets.spec_argument, default=None,
-                       metavar="JSON",
+    serve.add_argument("--max-regression", type=cli.non_negative_float, metavar="R",
+                       help="refuse a version whose loss on the gate's data is above live + R * "
+                            "max(live, --regression-floor): the live loss may be 0 and an equal "
+                            "version passes")
+    serve.add_argument("--regression-floor", type=cli.non_negative_float, metavar="F",
+                       help="the smallest loss a regression is measured against (default 0.001)")
+    serve.add_argument("--gate-dataset", type=datasets.spec_argument, metavar="JSON",
                        help="the data every candidate and the live version are scored on, as a "
                             "catalog spec (default: the live version's own)")
     parser.add_argument("--log-format", choices=logs.FORMATS, default=None)
     args = parser.parse_args(argv)
     if args.mode == "serve" and args.source != "savedmodel":
         parser.error("--mode serve needs --source savedmodel: a checkpoint has no serving graph")
+    given = [f"--{name.replace('_', '-')}" for name in SERVE_DEFAULTS
+             if getattr(args, name) is not None]
+    if given and args.mode != "serve":
+        parser.error(f"{', '.join(given)} belong{'s' if len(given) == 1 else ''} to --mode "
+                     f"serve, not --mode {args.mode}")
+    for name, default in SERVE_DEFAULTS.items():  # given as None above: was it given at all?
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     return args
+
+
+# Serve mode's options and their defaults: None in the parser, so that one given in another
+# mode is seen (and refused) rather than quietly ignored.
+SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8501, "grpc_port": 8500, "model_name": None,
+                  "max_regression": None, "regression_floor": 1e-3, "gate_dataset": None}
 
 
 def _check_dirs(args: argparse.Namespace) -> None:
@@ -67,21 +79,22 @@ def _check_dirs(args: argparse.Namespace) -> None:
     if args.work_dir.resolve() == args.export_dir.resolve():
         raise layout.LayoutError("work dir must differ from the export dir: the consumer never "
                                  "writes into the producer's directory")
-    commit.check_writable_dir(args.work_dir)
+    commit.check_writable_dir(args.work_dir, "work dir")
 
 
 def main(argv: list[str] | None = None) -> int:
+    hugepages.reexec_with_huge_pages(argv)  # first: before TensorFlow, any allocation, any lock
     args = parse_args(argv)
     logs.configure(args.log_format)
     stop = cli.stop_on_signals()
+    hugepages.unblock_signals()  # a stop signal sent during the re-exec is handled now
     try:
         _check_dirs(args)
     except layout.LayoutError as err:
         cli.fail(PROG, str(err))
 
-    hugepages.reexec_with_huge_pages()  # before TensorFlow, and before any large allocation
-    if args.mode == "train":  # it publishes into its work dir: one writer there (after the
-        try:                  # re-exec, which would close the lock's fd)
+    if args.mode == "train":  # it publishes into its work dir: one writer there
+        try:
             dirlock.hold(args.work_dir, PROG)
         except dirlock.DirLocked as err:
             cli.fail(PROG, str(err))

@@ -12,7 +12,6 @@ new version), and loads an accepted version without the gate's regression check.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path

@@ -44,8 +44,9 @@ class Gate:
         self.max_regression, self.floor = max_regression, floor
         self.dataset_spec = dataset  # the operator's gate data, if named
         self.decisions = Decisions(Path(work_dir) / DECISIONS if work_dir else None)
-        self._data: dict[str, datasets.Dataset] = {}  # spec JSON -> dataset, loaded once
-        self._scores: dict[tuple, float] = {}  # (identity, spec JSON) -> loss
+        self._data: dict[tuple, datasets.Dataset] = {}  # (spec, its files) -> the dataset
+        self._scores: dict[tuple, float] = {}  # (version identity, data) -> its loss
+        self._stamp: tuple = ()  # the data of the check in progress
 
     # -- what was decided ---------------------------------------------------------------------
 
@@ -103,10 +104,12 @@ class Gate:
         else:
             spec = json.loads(ready.dataset.to_json())
         key = json.dumps(spec, sort_keys=True)
-        if key not in self._data:
-            source = live if live is not None and live.dataset is not None else ready
-            self._data = {key: datasets.load(spec, source.version.root)}  # the latest only
-        return key, self._data[key]
+        root = (live if live is not None and live.dataset is not None else ready).version.root
+        stamp = (key, _files_stamp(spec, root))  # a data file rewritten is new data
+        if stamp not in self._data:
+            self._data = {stamp: datasets.load(spec, root)}  # the latest only
+        self._stamp = stamp
+        return key, self._data[stamp]
 
     def _reference(self, live: Loaded | None, spec: str, data) -> float | None:
         """The loss of the version ``ready`` would replace, on the same data."""
@@ -117,7 +120,7 @@ class Gate:
             return None
         if live.serving is None:
             return None
-        key = (live.version.identity, spec)
+        key = (live.version.identity, self._stamp)
         if key not in self._scores:
             self._scores = {key: evaluate.evaluate(live, data).get("loss")}  # its version's
         return self._scores[key]
@@ -136,3 +139,15 @@ class Gate:
                     f"{limit:.6g} (the live version's {reference:.6g}, --max-regression "
                     f"{self.max_regression:g})")
         return None
+
+
+def _files_stamp(spec: dict, root: Path) -> tuple:
+    """Size and mtime of the file a spec reads (an npz), or () for generated data."""
+    path = spec.get("path")
+    if not path:
+        return ()
+    try:
+        stat = (Path(root) / path).stat()
+    except OSError:
+        return ()
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino)

@@ -20,8 +20,8 @@ from pathlib import Path
 from consumer import graphs
 from consumer.signatures import Signature
 from consumer.graphs import ImportedGraph
-from shared import contract, layout
-from shared.tfcompat import tf, v1
+from shared import contract, datasets, layout
+from shared.tfcompat import cause, tf, v1
 
 EVALUATE, TRAIN, SERVE = "evaluate", "train", "serve"
 WARM, FULL = "warm", "full"
@@ -86,7 +86,7 @@ def load(version: layout.Version, purpose: str, current: ImportedGraph | None = 
     mark = time.perf_counter()
     try:
         _check_bounds(version)
-        key = graphs.fingerprint(version, tag)
+        key = graphs.graph_key(version, tag)
     except Exception as err:  # unreadable, unparsable, or no such tag
         raise _load_error(err) from err
     phases["fingerprint"] = time.perf_counter() - mark
@@ -100,10 +100,12 @@ def load(version: layout.Version, purpose: str, current: ImportedGraph | None = 
         with session.graph.as_default():  # restore outside it would take TF2's eager path
             if imported is None:
                 imported = _import(version, tag, purpose, session, key, phases)
+                imported.data_stamp = _data_stamp(imported, version)
             else:
                 mark = time.perf_counter()
                 imported.restore(session, version)
                 phases["restore"] = time.perf_counter() - mark
+                _refresh_data(imported, version)
             mark = time.perf_counter()
             _warm_up(session, imported)
             phases["warm_up"] = time.perf_counter() - mark
@@ -114,6 +116,31 @@ def load(version: layout.Version, purpose: str, current: ImportedGraph | None = 
             session.close()
         raise _load_error(err) from err
     return Loaded(version, imported, session, phases, load_kind)
+
+
+def _data_stamp(imported: ImportedGraph, version: layout.Version) -> tuple:
+    """Which bytes the graph's file-backed dataset (an npz) was read from: path, size, mtime."""
+    view = imported.serving or imported.training
+    if view is None:
+        return ()
+    stamps = []
+    for relative in view.dataset.files:
+        stat = (version.root / relative).stat()
+        stamps.append((relative, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(stamps)
+
+
+def _refresh_data(imported: ImportedGraph, version: layout.Version) -> None:
+    """The warm path keeps the graph, and with it the dataset it read: a data file changed
+    since is read again, so that a version is scored on its data as it is now, whichever path
+    it was loaded by (the fingerprint covers the graph and its assets, not the data)."""
+    stamp = _data_stamp(imported, version)
+    if stamp == imported.data_stamp:
+        return
+    for view in (imported.serving, imported.training):
+        if view is not None:
+            view.dataset = datasets.load(view.dataset.to_json(), version.root)
+    imported.data_stamp = stamp
 
 
 def _check_bounds(version: layout.Version) -> None:
@@ -130,8 +157,7 @@ def _check_bounds(version: layout.Version) -> None:
 
 
 def _load_error(err: Exception) -> LoadError:
-    first_line = (str(err).strip().splitlines() or [""])[0]
-    return LoadError(f"{type(err).__name__}: {first_line}"[:500])
+    return LoadError(f"{type(err).__name__}: {cause(err)}"[:500])
 
 
 def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session,
@@ -178,11 +204,16 @@ def _warm_up(session: v1.Session, imported: ImportedGraph) -> None:
         return  # not written to our contract: the server replays its warm-up requests instead
     features, labels = (serving or training).dataset.eval_split
     signature = imported.signatures.get(contract.SIGNATURE_KEY)
+    # Through callables, as requests run: on the warm path the standby session has made them
+    # already, and the check costs a tenth of a Session.run.
     if signature is not None:  # serve mode: the callable a request for all outputs will use
         run = imported.callable(session, (serving.features.name,), signature.fetches())
         run(features[:1].astype(serving.features.dtype.as_numpy_dtype))
     elif serving is not None:
-        session.run(serving.output, {serving.features: features[:1]})
+        run = imported.callable(session, (serving.features.name,), (serving.output.name,))
+        run(features[:1].astype(serving.features.dtype.as_numpy_dtype))
     else:
-        session.run(training.metrics, {training.features: features[:1],
-                                       training.labels: labels[:1]})
+        run = imported.callable(session, (training.features.name, training.labels.name),
+                                tuple(t.name for t in training.metrics.values()))
+        run(features[:1].astype(training.features.dtype.as_numpy_dtype),
+            labels[:1].astype(training.labels.dtype.as_numpy_dtype))

@@ -30,6 +30,7 @@ from shared import commit, layout, logs
 log = logs.get("consumer")
 
 Policy = Callable[[list[layout.Version]], list[layout.Version]]  # wanted versions, newest first
+SETTLE_SECONDS = 2.0  # a base-path version written this recently may still be being copied in
 
 
 def latest(count: int = 1) -> Policy:
@@ -164,6 +165,7 @@ class Consumer:
             for identity in [i for i in self.refused if self.gate.is_accepted(i)]:
                 del self.refused[identity]
         wanted = self.wanted(listing)
+        self._warn_if_live_is_gone({v.identity for v in listing})
         return bool(self._to_load(wanted) or self._to_unload(wanted))
 
     def _to_load(self, wanted: list[layout.Version]) -> list[layout.Version]:
@@ -186,7 +188,6 @@ class Consumer:
         for step in self._to_unload(self.wanted(listing)):
             gone = self.manager.get(step).version.identity not in listed
             self._unload(step, "its files are gone" if gone else "the policy no longer wants it")
-        self._warn_if_live_is_gone(listed)
 
     def _warn_if_live_is_gone(self, listed: set) -> None:
         live = self.live
@@ -259,25 +260,27 @@ class Consumer:
     def _load_failed(self, version: layout.Version, error: str, stamp: tuple | None) -> None:
         deleted = not version.still_committed()
         # A version copied into a base path in place may have been caught mid-copy: if its files
-        # moved while it loaded, it is tried again at the next scan rather than refused.
-        moving = stamp is not None and not deleted and layout.tree_stamp(version.path) != stamp
+        # moved while it loaded, or were written in the last SETTLE_SECONDS, it is tried again
+        # at the next scan rather than refused.
+        now = layout.tree_stamp(version.path) if stamp is not None and not deleted else None
+        moving = now is not None and (now != stamp or time.time() - now[2] < SETTLE_SECONDS)
+        if not (deleted or moving):  # a vanished version is superseded; a broken one skipped
+            self._refuse(version, error, "load_failed")  # before the event: a reader of the
+        self.stats.failed.append(str(version.path))      # event finds the status it says
         log.warning("load_failed", step=version.step, path=str(version.path), error=error,
                     deleted_while_loading=deleted, **({"still_written": True} if moving else {}))
-        if not (deleted or moving):  # a vanished version is superseded; a broken one skipped
-            self._refuse(version, error, "load_failed")
-        self.stats.failed.append(str(version.path))
 
     def _promotion_refused(self, ready: loader.Loaded, live: loader.Loaded | None,
                            reason: str) -> None:
-        log.warning("promotion_refused", step=ready.version.step, path=str(ready.version.path),
-                    reason=reason, live_step=live.version.step if live else None,
-                    live_loss=(live.metrics or {}).get("loss") if live else None,
-                    **(ready.metrics or {}))
         ready.close()
         if not self._graph_in_use(ready.imported):
             ready.imported.retire()  # a graph that never went live keeps no session
         self._refuse(ready.version, reason, "promotion_refused")
         self.stats.failed.append(str(ready.version.path))
+        log.warning("promotion_refused", step=ready.version.step, path=str(ready.version.path),
+                    reason=reason, live_step=live.version.step if live else None,
+                    live_loss=(live.metrics or {}).get("loss") if live else None,
+                    **(ready.metrics or {}))
 
     def _refuse(self, version: layout.Version, reason: str, cause: str) -> None:
         self.refused[version.identity] = reason
@@ -290,7 +293,8 @@ class Consumer:
         if until is not None and version.step >= until and (live is None
                                                             or live.version.step < until):
             # nothing newer is waited for: the run ends here
-            self.stats.fatal = f"version {version.step} (--until-step {until}) was refused: {reason}"
+            self.stats.fatal = (f"version {version.step} (--until-step {until}) was refused: "
+                                f"{reason}")
 
     def _unload(self, step: int, reason: str) -> None:
         old = self.manager.remove(step)  # closes once its last request has ended

@@ -14,20 +14,20 @@ PROG = "model_server"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from consumer import hugepages
     from consumer.serving import flags
 
+    hugepages.reexec_with_huge_pages(argv)  # first: before TensorFlow and any allocation
     args = flags.parse(argv)
     if args.version:
         print("tf-handoff model server, TF Serving's API 2.21")
         return 0
     logs.configure(args.log_format)
     stop = cli.stop_on_signals()
+    hugepages.unblock_signals()  # a stop signal sent during the re-exec is handled now
     if args.model_base_path is not None and args.model_config_file is None and \
             not args.model_base_path.is_absolute():
         args.model_base_path = args.model_base_path.absolute()
-    from consumer import hugepages
-
-    hugepages.reexec_with_huge_pages()  # before TensorFlow, and before any large allocation
     from consumer.serving import setup  # TensorFlow loads here
 
     server = setup.build(args, PROG)

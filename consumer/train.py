@@ -40,10 +40,10 @@ def publish(loaded: Loaded, work_dir: Path, step: int,
     export dir may not even exist yet."""
     commit.claim(work_dir, model)
     for relative in loaded.dataset.files:  # a file-backed dataset's data goes with its versions
-        target = work_dir / relative
-        if not target.exists():
+        target, data = work_dir / relative, (loaded.version.root / relative).read_bytes()
+        if not target.exists() or target.read_bytes() != data:  # as it is now, not as it was
             target.parent.mkdir(parents=True, exist_ok=True)
-            durable.write_atomic(target, (loaded.version.root / relative).read_bytes())
+            durable.write_atomic(target, data)
     if loaded.imported.publisher is None:  # one per graph: each would add a Saver's ops to it
         loaded.imported.publisher = Publisher(work_dir, loaded.graph)
     publisher = loaded.imported.publisher

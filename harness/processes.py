@@ -216,19 +216,33 @@ def event_time(event: dict) -> float:
 class Process:
     """A running child whose JSON log lines are parsed on a reader thread."""
 
+    started: list[Process] = []  # every one started in this process, in order
+
+    @classmethod
+    def kill_survivors(cls, since: int = 0) -> int:
+        """Kill every child started after the first ``since`` that still runs (a test that
+        failed before it stopped its own); how many there were."""
+        survivors = [p for p in cls.started[since:] if p.popen.poll() is None]
+        for process in survivors:
+            process.kill()
+        return len(survivors)
+
     def __init__(self, module: str, *args, on_event: Callable[[dict], None] | None = None,
                  preexec_fn: Callable[[], None] | None = None,
-                 server: ForkServer | None = None, cwd: str | os.PathLike | None = None) -> None:
+                 server: ForkServer | None = None, cwd: str | os.PathLike | None = None,
+                 environ: dict | None = None) -> None:
         """``preexec_fn`` runs in the child before it starts: a test sets a resource limit.
         With a ``server`` (for ``module``), the child is forked warm from it. It runs in ``cwd``,
-        else in the repo."""
+        else in the repo, with ``environ`` (a cold start only), else ``env()``."""
         if server is not None:
-            assert server.module == module and preexec_fn is None
+            assert server.module == module and preexec_fn is None and environ is None
             self.popen = server.spawn(command(module, *args)[3:], cwd)  # past "python -m module"
         else:
             self.popen = subprocess.Popen(command(module, *args), cwd=cwd or REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env(), preexec_fn=preexec_fn)
+                                          text=True, env=environ or env(),
+                                          preexec_fn=preexec_fn)
+        Process.started.append(self)
         self.events: list[dict] = []
         self.stderr = ""
         self._on_event = on_event

@@ -16,8 +16,8 @@ would write the file over, so it refuses it with the first damaged line instead.
 from __future__ import annotations
 
 import math
+import os
 import re
-from pathlib import Path
 
 PATH_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths")
 TIME_FIELD = "all_model_checkpoint_timestamps"
@@ -77,7 +77,7 @@ def _name(value: str) -> str:
     quoted = _QUOTED.match(value)
     if quoted is None:
         raise StateError("is not a quoted path")
-    return Path(quoted.group(1)).name  # TF may write absolute paths; ours are relative
+    return os.path.basename(quoted.group(1))  # TF may write absolute paths; ours are relative
 
 
 def render(entries: list[tuple[str, float]]) -> str:

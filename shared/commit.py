@@ -34,16 +34,17 @@ from shared.durable import fsync_dir, fsync_files, fsync_tree, umask, write_atom
 
 
 def write_checkpoint_state(root: Path, entries: list[tuple[str, float | None]]
-                           ) -> list[tuple[str, float]]:
+                           ) -> tuple[list[tuple[str, float]], float]:
     """Commit checkpoints: atomically replace the state file. ``entries`` are (name, commit
     time), oldest first; the newest one's time is now, and so is any missing one. Returns the
-    entries as written. The time is taken just before the write: the fsync of this one small
-    file and the rename (about 0.1 ms here) are all that separate it from the commit."""
+    entries as written, and the time just after the rename that made them visible. The
+    recorded time is taken just before the write: the fsync of this one small file and the
+    rename (0.1 ms on one machine, about 1 ms on another) separate it from the commit."""
     now = time.time()
     written = [(name, now if at is None else at) for name, at in entries[:-1]]
     written.append((entries[-1][0], now))
-    write_atomic(layout.state_file(root), checkpoint_state.render(written).encode())
-    return written
+    visible_at = write_atomic(layout.state_file(root), checkpoint_state.render(written).encode())
+    return written, visible_at
 
 
 def staging_dir(root: Path, step: int) -> Path:
@@ -56,16 +57,20 @@ def staging_dir(root: Path, step: int) -> Path:
     return staging
 
 
-def commit_dir(staging: Path, final: Path) -> None:
-    """Publish a staged SavedModel: flush it, record the commit time, then one rename makes it a
-    version. The time is taken after the tree's fsync, just before the rename."""
+def commit_dir(staging: Path, final: Path, record: dict | None = None) -> float:
+    """Publish a staged SavedModel: flush it, record the commit time (and ``record``, what the
+    writer knows of it: ``shared.graphkey``), then one rename makes it a version. The recorded
+    time is taken after the tree's fsync, before the fsync of the record itself and the rename.
+    Returns the time just after the rename."""
     fsync_tree(staging)
     stamp = staging / layout.COMMIT_FILE
-    stamp.write_text(json.dumps({"committed_at": time.time()}))
+    stamp.write_text(json.dumps({**(record or {}), "committed_at": time.time()}))
     fsync_files([stamp])
     fsync_dir(staging)
     os.rename(staging, final)  # fails rather than merge if ``final`` already holds a version
+    visible_at = time.time()
     fsync_dir(final.parent)
+    return visible_at
 
 
 def discard_dir(path: Path) -> None:
@@ -121,18 +126,19 @@ def clean_leftovers(root: Path) -> list[Path]:
     return removed
 
 
-def check_writable_dir(root: Path) -> None:
-    """Raise LayoutError unless ``root`` is, or can become, a writable directory."""
+def check_writable_dir(root: Path, what: str = "export dir") -> None:
+    """Raise LayoutError unless ``root`` (the ``what`` an error names) is, or can become, a
+    writable directory."""
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise layout.LayoutError(f"export dir {root} is a file, not a directory")
+        raise layout.LayoutError(f"{what} {root} is a file, not a directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(prefix=layout.STAGING_PREFIX, dir=root)
         probe.close()
     except OSError as err:
-        raise layout.LayoutError(
-            f"export dir {root} is not writable: {err.strerror or err}") from err
+        raise layout.LayoutError(f"{what} {root} is not writable: {err.strerror or err}") \
+            from err
 
 
 def claim(root: Path, model: str) -> None:

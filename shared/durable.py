@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"  # hidden: never a version, and removed by the next start's clean-up
@@ -45,8 +46,9 @@ def umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename, after the bytes are on disk."""
+def write_atomic(path: Path, data: bytes) -> float:
+    """Replace ``path`` with ``data`` in one rename, after the bytes are on disk. Returns the
+    time just after the rename: from then on, readers see the new content."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}-", dir=path.parent)
     try:
@@ -56,7 +58,9 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        visible_at = time.time()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return visible_at

@@ -38,7 +38,7 @@ EVENTS = "events"
 MANIFEST = "export.json"
 STATE_FILE = "checkpoint"
 LOCK_FILE = ".writer.lock"  # held (flock) by the one process that writes here: shared.dirlock
-COMMIT_FILE = "commit.json"  # in a SavedModel: {"committed_at": <the writer's time.time()>}
+COMMIT_FILE = "commit.json"  # in a SavedModel: the writer's clock at the commit, graph keys
 CHECKPOINT_BASENAME = "model.ckpt"
 STAGING_PREFIX = TEMP_PREFIX  # staging dirs and atomic-write temp files alike
 
@@ -140,7 +140,7 @@ def is_version_name(name: str) -> bool:
 
 def checkpoint_step(name: str) -> int | None:
     """The global step in a checkpoint name such as ``model.ckpt-120``, or None."""
-    match = _CHECKPOINT_NAME.match(Path(name).name)
+    match = _CHECKPOINT_NAME.match(os.path.basename(name))  # not Path: it runs per scan
     return int(match.group(1)) if match else None
 
 
@@ -155,7 +155,8 @@ def read_checkpoint_state(root: Path) -> list[str]:
 def read_checkpoint_entries(root: Path) -> list[tuple[str, float | None]]:
     """(name, commit time) for each checkpoint in the state file, oldest first; [] if none."""
     try:
-        return checkpoint_state.parse(state_file(root).read_text())
+        # bytes that are not UTF-8 are damage like any other: unreadable lines, not a crash
+        return checkpoint_state.parse(state_file(root).read_text(errors="replace"))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -195,9 +196,11 @@ def checkpoint_versions(root: Path) -> list[Version]:
         ctime = state_file(root).stat().st_ctime
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [Version("checkpoint", checkpoint_step(name), checkpoints_dir(root) / name, ctime,
-                    recorded)
-            for name, recorded in read_checkpoint_entries(root) if checkpoint_step(name) is not None]
+    directory = checkpoints_dir(root)
+    steps = [(checkpoint_step(name), name, recorded)
+             for name, recorded in read_checkpoint_entries(root)]
+    return [Version("checkpoint", step, directory / name, ctime, recorded)
+            for step, name, recorded in steps if step is not None]
 
 
 def base_versions(base: Path) -> list[Version]:
@@ -264,19 +267,32 @@ def tree_stamp(path: Path) -> tuple[int, int, float]:
 def check_confined(version: Version) -> None:
     """Raise LayoutError if any file of ``version`` is a symlink or lies outside its export dir:
     a reader loads what the writer put there, never what a link points to."""
-    root = version.root.resolve()
+    # scandir's entries know their type without a stat each: this runs on every load's path
     if version.kind == "savedmodel":
-        entries = [version.path]
-        for dirpath, dirnames, filenames in os.walk(version.path):
-            entries += [Path(dirpath) / name for name in dirnames + filenames]
+        if version.path.is_symlink():
+            raise LayoutError(f"{version.path} is a symlink; a version's files must be its own")
+        _check_tree(version.path)
     else:
-        entries = [p for p in version.path.parent.glob(f"{version.path.name}.*")
-                   if CHECKPOINT_FILE.match(p.name)]
-    for path in entries:
-        if path.is_symlink():
-            raise LayoutError(f"{path} is a symlink; a version's files must be its own")
-    if not version.path.parent.resolve().is_relative_to(root):
+        prefix = version.path.name + "."
+        with os.scandir(version.path.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and CHECKPOINT_FILE.match(entry.name) and \
+                        entry.is_symlink():
+                    raise LayoutError(f"{entry.path} is a symlink; a version's files must be "
+                                      "its own")
+    root = os.path.realpath(version.root)
+    parent = os.path.realpath(version.path.parent)
+    if os.path.commonpath((root, parent)) != root:
         raise LayoutError(f"{version.path} resolves outside its export dir {root}")
+
+
+def _check_tree(path: Path) -> None:
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                raise LayoutError(f"{entry.path} is a symlink; a version's files must be its own")
+            if entry.is_dir(follow_symlinks=False):
+                _check_tree(Path(entry.path))
 
 
 def checkpoint_is_complete(prefix: Path) -> bool:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from shared import commit, contract, durable, layout, logs
+from shared import commit, contract, durable, graphkey, layout, logs
 from shared.contract import ServingGraph
-from shared.tfcompat import tf, v1
+from shared.tfcompat import cause, tf, v1
 
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -47,8 +47,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         return f"{type(error).__name__}: {error.strerror}{where}"
-    message = getattr(error, "message", None) or str(error)
-    return f"{type(error).__name__}: {(message.strip().splitlines() or [''])[0][:300]}"
+    return f"{type(error).__name__}: {cause(error)[:300]}"
 
 
 class Publisher:
@@ -63,6 +62,7 @@ class Publisher:
         self._keep_every = keep_checkpoint_every_hours * 3600 if keep_checkpoint_every_hours else None
         self._next_keep_time = time.time() + self._keep_every if self._keep_every else None
         self._entries = layout.read_checkpoint_entries(self.root)  # retention resumes from here
+        self.visible_at: float | None = None  # just after the last commit's rename
         with graph.as_default():
             # One saver, made once: a Builder left to itself adds new save ops to the graph
             # on every export, and the graph would grow for as long as training runs. No
@@ -97,7 +97,7 @@ class Publisher:
             durable.fsync_files(sorted(prefix.parent.glob(f"{prefix.name}.*")))
             durable.fsync_dir(prefix.parent)  # the Saver's renames of the data into place
             # the commit: from here on, a version
-            self._entries = commit.write_checkpoint_state(self.root, kept)
+            self._entries, self.visible_at = commit.write_checkpoint_state(self.root, kept)
         except WRITE_ERRORS as err:
             self._entries = layout.read_checkpoint_entries(self.root)
             if prefix.name not in self._names():  # failed before its commit: nothing to keep
@@ -146,7 +146,7 @@ class Publisher:
         try:
             staging = commit.staging_dir(self.root, step)
             self._build_savedmodel(session, staging, serving, serve_from)
-            commit.commit_dir(staging, final)
+            self.visible_at = commit.commit_dir(staging, final, graphkey.record(staging))
         except BaseException as err:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -39,6 +39,26 @@ def _trained(root: Path, model: str, steps: int, **overrides) -> Trained:
     return Trained(root, events)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fork_servers():
+    """The fork servers ``tests.helpers.warm`` starts, stopped at the session's end."""
+    yield
+    from tests.helpers import close_forks
+
+    close_forks()
+
+
+@pytest.fixture(autouse=True)
+def no_survivors():
+    """A test that fails before it stops its processes leaves none behind to load the machine
+    (module-scoped servers are stopped by their own fixtures, which run before this)."""
+    from harness.processes import Process
+
+    before = len(Process.started)
+    yield
+    Process.kill_survivors(since=before)
+
+
 @pytest.fixture(scope="session")
 def linear_export(tmp_path_factory) -> Trained:
     """A default linear run: 2000 steps, checkpoints every 100, exports every 500."""

@@ -248,7 +248,12 @@ def test_training_continues_at_the_producers_accuracy_not_chance(mlp_export):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--export-dir", "{file}"], "is a file"),
+    (["--export-dir", "{file}"], "export dir {file} is a file"),
+    (["--export-dir", "{dir}/exports", "--work-dir", "{file}"], "work dir {file} is a file"),
+    (["--mode", "evaluate", "--max-regression", "0.5"],
+     "--max-regression belongs to --mode serve, not --mode evaluate"),
+    (["--mode", "train", "--host", "0.0.0.0", "--port", "1", "--model-name", "m"],
+     "--host, --port, --model-name belong to --mode serve, not --mode train"),
     (["--export-dir", "{dir}", "--work-dir", "{dir}"], "must differ"),
     (["--mode", "serve", "--source", "checkpoint"], "a checkpoint has no serving graph"),
     (["--mode", "predict"], "invalid choice"),
@@ -259,6 +264,7 @@ def test_training_continues_at_the_producers_accuracy_not_chance(mlp_export):
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     (tmp_path / "file").write_text("keep")
     args = [a.format(file=tmp_path / "file", dir=tmp_path) for a in args]
+    message = message.format(file=tmp_path / "file")
     if "--work-dir" not in args:
         args += ["--work-dir", str(tmp_path / "work")]
     result = run("consumer", *args, timeout=60)
@@ -311,18 +317,18 @@ def test_a_version_retired_while_loading_is_superseded_not_broken(tmp_path, line
 @pytest.mark.parametrize("kind", ["checkpoint", "savedmodel"])
 def test_an_idle_consumer_is_not_woken_by_its_own_reads(kind, tmp_path, linear_export):
     """Reading the state file raises inotify open/close events; they must not wake the source,
-    or it rescans in a loop and burns a core while nothing happens."""
-    import time
-
+    or it rescans in a loop and burns a core while nothing happens. Idle, it scans on its
+    timer only: three timed rescans come with no scan an event asked for."""
     root = tmp_path / "exports"
     _copy_version(linear_export.root, 2000, root, kind=kind)
     running = Running(Config(export_dir=root, work_dir=tmp_path / "work", source=kind,
-                             mode=loader.EVALUATE))
+                             mode=loader.EVALUATE, rescan=0.4))
     try:
         running.wait_loaded(2000)
-        scans = running.consumer.source.scans
-        time.sleep(1.0)  # idle: no commits, and the 5 s rescan is not due
-        assert running.consumer.source.scans - scans <= 1
+        source = running.consumer.source
+        scans, woken = source.scans, source.woken
+        running.wait_until(lambda: source.scans - scans >= 3, what="three rescans")
+        assert source.woken == woken
     finally:
         running.close()
 

@@ -16,10 +16,9 @@ from harness.processes import free_ports
 from harness.rest_client import RestClient
 from shared import layout
 from tests import tfs_models
-from tests.helpers import Process
+from tests.helpers import warm
 from tests.test_model_server import config_file, loaded
 
-from tensorflow.core.example import example_pb2  # noqa: E402
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,  # noqa: E402
                                      get_model_status_pb2, inference_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2,
@@ -55,7 +54,7 @@ def servers(mlp_export, tmp_path_factory):
     newest = layout.latest_savedmodel(mlp_export.root)
     shutil.copytree(newest.path, bases["mlp"] / str(newest.step))
     rest, port = free_ports(2)
-    server = Process("consumer.model_server", config_file(root / "models.config", bases),
+    server = warm("consumer.model_server", config_file(root / "models.config", bases),
                      f"--rest_api_port={rest}", f"--port={port}", "--work_dir", root / "work",
                      "--grpc_channel_arguments=grpc.max_receive_message_length=1048576")
     for name, base in bases.items():
@@ -221,7 +220,7 @@ def test_before_any_version_is_ready_calls_are_unavailable(tmp_path):
     base = tmp_path / "empty"
     base.mkdir()
     rest, port = free_ports(2)
-    server = Process("consumer.model_server", f"--model_base_path={base}", "--model_name=m",
+    server = warm("consumer.model_server", f"--model_base_path={base}", "--model_name=m",
                      f"--rest_api_port={rest}", f"--port={port}", "--work_dir", tmp_path / "w")
     server.wait_for(lambda e: e["event"] == "serving")
     stubs = Stubs(port)
@@ -243,7 +242,7 @@ def test_swaps_under_grpc_and_rest_load_fail_no_call(tmp_path):
     versions = tfs_models.HalfPlusTwo()
     tfs_models.publish(base, 1, lambda p: versions.save(p, b=1.0))
     rest, port = free_ports(2)
-    server = Process("consumer.model_server", f"--model_base_path={base}", "--model_name=hp2",
+    server = warm("consumer.model_server", f"--model_base_path={base}", "--model_name=hp2",
                      f"--rest_api_port={rest}", f"--port={port}", "--work_dir", tmp_path / "w")
     loaded(server, base, 1)
     stop, seen = threading.Event(), [[] for _ in range(4)]

@@ -14,12 +14,11 @@ import numpy as np
 from harness.processes import free_ports
 from harness.rest_client import RestClient
 from tests import tfs_models
-from tests.helpers import LinearVersions, Process, run
+from tests.helpers import LinearVersions, Process, run, run_warm, warm
 from tests.test_grpc import X, Stubs, _predict
 from tests.test_model_server import loaded
 
 from tensorflow_serving.apis import model_management_pb2  # noqa: E402
-from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
 
 def entry(name: str, base, policy: str = "", labels: dict | None = None) -> str:
@@ -50,7 +49,7 @@ def models_with_versions(tmp_path, names: dict[str, list[int]]) -> tuple[dict, d
 
 def start(config, tmp_path, *extra) -> tuple[Process, int, int]:
     rest, port = free_ports(2)
-    server = Process("consumer.model_server", f"--model_config_file={config}",
+    server = warm("consumer.model_server", f"--model_config_file={config}",
                      f"--rest_api_port={rest}", f"--port={port}", "--work_dir", tmp_path / "work",
                      *extra)
     server.wait_for(lambda e: e["event"] == "serving")
@@ -223,7 +222,7 @@ def test_a_bad_config_at_start_exits_2_with_one_line(tmp_path):
              "model_config_list { bogus: 1 }": "Invalid protobuf file"}
     for text, message in cases.items():
         config.write_text(text)
-        result = run("consumer.model_server", f"--model_config_file={config}", timeout=60)
+        result = run_warm("consumer.model_server", f"--model_config_file={config}", timeout=60)
         assert result.returncode == 2 and message in result.stderr, (text, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -233,7 +232,7 @@ def test_a_bad_config_at_start_exits_2_with_one_line(tmp_path):
 
 def serve(tmp_path, export, *extra) -> tuple[Process, RestClient]:
     rest, port = free_ports(2)
-    server = Process("consumer", "--mode", "serve", "--export-dir", export, "--work-dir",
+    server = warm("consumer", "--mode", "serve", "--export-dir", export, "--work-dir",
                      tmp_path / "work", "--port", rest, "--grpc-port", port, *extra)
     server.wait_for(lambda e: e["event"] == "serving")
     return server, RestClient(rest)

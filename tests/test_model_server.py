@@ -16,12 +16,12 @@ import pytest
 from harness.processes import free_ports
 from harness.rest_client import RestClient
 from tests import tfs_models
-from tests.helpers import Process, run
+from tests.helpers import Process, run_warm, warm
 
 
 def start(*args, timeout: float = 60) -> tuple[Process, int]:
     rest, grpc = free_ports(2)
-    server = Process("consumer.model_server", f"--rest_api_port={rest}", f"--port={grpc}", *args)
+    server = warm("consumer.model_server", f"--rest_api_port={rest}", f"--port={grpc}", *args)
     server.wait_for(lambda e: e["event"] == "serving", timeout=timeout)
     return server, rest
 
@@ -254,7 +254,7 @@ def test_a_body_over_16_mib_gets_413_declared_or_streamed(echo_server, chunked):
     (["--model_base_path=/tmp/x", "--rest_api_port=0", "--port=0"], "nothing to serve on"),
 ])
 def test_bad_flags_exit_2_with_one_line(args, message):
-    result = run("consumer.model_server", *args, timeout=60)
+    result = run_warm("consumer.model_server", *args, timeout=60)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
         result.stderr
@@ -265,7 +265,7 @@ def test_tf_serving_flags_in_either_form_and_unused_ones_named(tmp_path):
     base.mkdir()
     tfs_models.publish(base, 1, lambda p: tfs_models.half_plus_two(p))
     rest, grpc = free_ports(2)
-    server = Process("consumer.model_server", "--rest_api_port", rest, f"--port={grpc}",
+    server = warm("consumer.model_server", "--rest_api_port", rest, f"--port={grpc}",
                      "--model_name", "m", f"--model_base_path={base}", "--enable_model_warmup",
                      "false", "--tensorflow_intra_op_parallelism=2", "--work_dir", tmp_path / "w")
     serving = server.wait_for(lambda e: e["event"] == "serving")
@@ -315,3 +315,73 @@ def test_a_big_request_does_not_stall_small_ones_beyond_its_share(tmp_path):
     # Parsed in the server, the big body held the GIL for 370 ms at a stretch (137 small answers
     # in 3 s); in the parse process the longest small request took 15 ms (1,637 answers).
     assert len(during) >= 50 and max(during) < 0.25, (len(during), max(during))
+
+
+def test_a_version_caught_mid_copy_is_tried_again_not_refused(tmp_path):
+    """A writer that copies a version into the base path in place (no rename): the server may
+    find it before its variables are there. That load fails, and is tried again once the files
+    settle, rather than the version being refused for good."""
+    import shutil
+
+    built = tmp_path / "built"
+    tfs_models.half_plus_two(built, b=7.0)
+    base = tmp_path / "m"
+    base.mkdir()
+    server, port = start(f"--model_base_path={base}", "--model_name=m", "--work_dir",
+                         tmp_path / "work")
+    partial = base / "1"
+    partial.mkdir()
+    shutil.copy(built / "saved_model.pb", partial)  # the graph first, the variables later
+    failed = server.wait_for(lambda e: e["event"] == "load_failed")
+    assert failed["still_written"] is True and failed["step"] == 1
+    shutil.copytree(built / "variables", partial / "variables")
+    loaded(server, base, 1)
+    client = RestClient(port)
+    assert client.predict("m", {"instances": [1.0]})[2]["predictions"] == [7.5]
+    client.close()
+    assert server.terminate() == 0, server.stderr
+
+
+def test_a_request_runs_to_its_end_on_its_version_across_swaps(tmp_path):
+    """Requests long enough (~60 ms) to span several warm swaps, one every ~25 ms: each reads
+    its version's weights at its very end. Were a version's session handed back as the standby
+    at its swap rather than after its last request, the next restore would write into it under
+    a request still running, and that answer would carry another version's weights."""
+    base = tmp_path / "slow"
+    base.mkdir()
+    versions = tfs_models.HalfPlusTwo(spin=10000)
+    tfs_models.publish(base, 1, lambda p: versions.save(p, b=1.0))
+    server, port = start(f"--model_base_path={base}", "--model_name=slow", "--work_dir",
+                         tmp_path / "work")
+    loaded(server, base, 1)
+    stop, seen = threading.Event(), [[] for _ in range(4)]
+
+    def client(answers: list) -> None:
+        mine = RestClient(port)
+        while not stop.is_set():
+            status, headers, body = mine.predict("slow", {"instances": [1.0]})
+            answers.append((status, int(headers.get("x-model-version", 0)), body))
+        mine.close()
+
+    threads = [threading.Thread(target=client, args=(answers,)) for answers in seen]
+    for thread in threads:
+        thread.start()
+    last = 40
+    try:
+        for step in range(2, last + 1):
+            tfs_models.publish(base, step, lambda p, s=step: versions.save(p, b=float(s)))
+            loaded(server, base, step)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        versions.close()
+    assert server.terminate() == 0, server.stderr
+    spanning = 0
+    for answers in seen:
+        for status, version, body in answers:
+            assert status == 200 and body["predictions"] == [0.5 + version], (version, body)
+        spanning += len(answers)
+    loads = [e for e in server.named("model_loaded") if e["step"] > 1]
+    assert len(loads) == last - 1 and {e["load"] for e in loads} == {"warm"}
+    assert spanning >= 20

@@ -23,7 +23,7 @@ import pytest
 from harness.processes import free_ports
 from harness.rest_client import RestClient
 from tests import tfs_models
-from tests.helpers import Process
+from tests.helpers import warm
 
 DATA = json.loads((Path(__file__).parent / "data" / "tfserving_rest_cases.json").read_text())
 CASES = DATA["cases"]
@@ -102,7 +102,7 @@ def server(tmp_path_factory):
         f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" {extra} }}\n'
         for name, (path, extra) in models.items()) + "}\n")
     rest, grpc = free_ports(2)
-    process = Process("consumer.model_server", f"--model_config_file={config}",
+    process = warm("consumer.model_server", f"--model_config_file={config}",
                       f"--rest_api_port={rest}", f"--port={grpc}", "--work_dir", root / "work")
     for _ in models:
         process.wait_for(lambda e: e["event"] in ("model_loaded", "load_failed"), timeout=120)

@@ -3,6 +3,7 @@ weights. Real TensorFlow, real exports, the real consumer loop."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -91,6 +92,32 @@ def test_a_changed_graph_or_changed_assets_take_the_full_path(tmp_path, mlp_expo
     for loaded in (one, two, three, four, five):
         loaded.close()
         loaded.imported.retire()
+
+
+def test_the_writers_recorded_graph_keys_are_the_ones_a_reader_computes(tmp_path, mlp_export):
+    """The producer records each tag's graph key at commit, so a reader need not parse the
+    graph; a reader that computes the key finds the same one, and a copy whose graph changed
+    after its commit is keyed by what it holds now."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from shared import graphkey
+
+    source = layout.latest_savedmodel(mlp_export.root).path
+    recorded = json.loads((source / layout.COMMIT_FILE).read_text())
+    assert set(recorded["graph_keys"]) == {"serve", "train"}
+    bare = tmp_path / "bare"
+    shutil.copytree(source, bare)
+    (bare / layout.COMMIT_FILE).unlink()  # a writer that records nothing: computed
+    for tag in ("serve", "train"):
+        assert graphkey.savedmodel_key(bare, tag) == recorded["graph_keys"][tag] \
+            == graphkey.savedmodel_key(source, tag)
+    changed = tmp_path / "changed"
+    shutil.copytree(source, changed)  # commit.json and all
+    model = saved_model_pb2.SavedModel.FromString((changed / "saved_model.pb").read_bytes())
+    serve = next(m for m in model.meta_graphs if "serve" in m.meta_info_def.tags)
+    serve.graph_def.node.add(name="added_after_commit", op="NoOp")
+    (changed / "saved_model.pb").write_bytes(model.SerializeToString())
+    assert graphkey.savedmodel_key(changed, "serve") != recorded["graph_keys"]["serve"]
 
 
 @pytest.mark.parametrize("warm_swap", [True, False], ids=["warm", "full"])

@@ -80,13 +80,18 @@ class HalfPlusTwo:
     One graph and one saver, so that versions differ in their variables alone (as a training
     run's do), and the server restores each into the graph it has (the warm swap)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spin: int = 0) -> None:
+        """``spin``: loop this many times before reading the variables, so that a request is
+        long enough to span swaps (20,000 turns took 130 ms here) and reads its version's
+        weights at its end."""
         self.graph = tf.Graph()
         with self.graph.as_default():
             x = v1.placeholder(tf.float32, None, name="x")
             a = v1.Variable(0.5, name="a")
             self.b = v1.Variable(2.0, name="b")
-            y = tf.identity(a * x + self.b, name="y")
+            turns = tf.while_loop(lambda i: i < spin, lambda i: i + 1, [tf.constant(0)])[0]
+            with tf.control_dependencies([turns]):
+                y = tf.identity(a.read_value() * x + self.b.read_value(), name="y")
             self.value = v1.placeholder(tf.float32, [])
             self.assign = self.b.assign(self.value)
             self.signatures = {"serving_default": _signature({"x": x}, {"y": y})}
@@ -244,3 +249,16 @@ def warmup_records(path: Path, requests: list) -> Path:
             kind[type(request).__name__].request.CopyFrom(request)
             writer.write(entry.SerializeToString())
     return target
+
+
+def batch_probe(path: Path) -> Path:
+    """y = x + the number of rows the session ran on: what a request gets back says how big the
+    batch it ran in was, padding included."""
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.Variable(0.0, name="unused")
+        x = v1.placeholder(tf.float32, [None, None], name="x")
+        rows = tf.cast(tf.shape(x)[0], tf.float32)
+        signatures = {"serving_default": _signature({"x": x}, {"y": tf.identity(x + rows,
+                                                                                 name="y")})}
+    return _save(path, graph, signatures)
