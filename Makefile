@@ -17,10 +17,15 @@ help: ## list the targets (variables: ARGS, EXPORT, WORK, TB_PORT, KILLS)
 
 install: $(STAMP) ## create .venv/ with every pinned dependency
 
-$(STAMP): pyproject.toml
+# tensorflow-serving-api (TF Serving's protos and gRPC stubs) pins the full tensorflow package,
+# which would install beside tensorflow-cpu; without its dependencies it works on tensorflow-cpu.
+TF_SERVING_API := tensorflow-serving-api==2.21.0
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet --no-deps $(TF_SERVING_API)
 	touch $(STAMP)
 
 producer: $(STAMP) ## train and publish versions into EXPORT (ARGS="--model mlp ...")
@@ -45,14 +50,16 @@ tensorboard: $(STAMP) ## training curves (EXPORT/events) beside eval curves (WOR
 inspect: $(STAMP) ## show what the versions in EXPORT hold, part by part
 	$(PY) -m shared.inspect $(EXPORT) $(ARGS)
 
-bench: $(STAMP) ## benchmarks against baselines; writes docs/BENCHMARKS.md (ARGS=--quick)
+bench: $(STAMP) tools ## benchmarks against baselines; writes docs/BENCHMARKS.md (ARGS=--quick)
 	$(PY) -m bench $(ARGS)
 
-# strace lets a test check the order of fsync and rename calls; installed where it is missing.
-tools: ## install strace if missing (for the fsync-order test)
-	@command -v strace >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-		apt-get update -qq >/dev/null && apt-get install -y -qq strace >/dev/null; } || \
-		echo "strace could not be installed: the fsync-order test will be skipped"
+# strace lets a test check the order of fsync and rename calls; wrk drives the serving bench's
+# HTTP load from native code. Each is installed where it is missing.
+tools: ## install strace and wrk if missing (the fsync-order test; the serving bench)
+	@for tool in strace wrk; do command -v $$tool >/dev/null 2>&1 || { \
+		command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && \
+		apt-get install -y -qq $$tool >/dev/null; } || \
+		echo "$$tool could not be installed: what needs it is skipped"; done
 
 test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; about 7 minutes
 	$(PY) -m pytest $(ARGS)

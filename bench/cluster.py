@@ -51,3 +51,15 @@ def cluster_run(steps: int, tmp: Path) -> dict:
     rates = {workers: _train(tmp, workers, steps, log_every) * batch for workers in (0, 1, 2)}
     return {"alone": rates[0], "one_worker": rates[1], "two_workers": rates[2], "steps": steps,
             "batch": batch}
+
+
+def cluster_rows(run: dict) -> list[tuple]:
+    alone, one, two = run["alone"], run["one_worker"], run["two_workers"]
+    return [
+        ("Cluster training, mlp, 1 ps + 2 workers", f"{two:,.0f} examples/s",
+         f"{two / one:.2f}x one worker; {two / alone:.2f}x the producer alone", "report", None),
+        ("Cluster training, mlp, 1 ps + 1 worker", f"{one:,.0f} examples/s",
+         f"{one / alone:.2f}x the producer alone", "", None),
+        ("Producer alone, mlp, no cluster", f"{alone:,.0f} examples/s "
+         f"({run['batch']} a step, {run['steps']} steps)", "baseline", "", None),
+    ]

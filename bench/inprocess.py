@@ -1,7 +1,8 @@
 """The in-process limit for the serving bench: the same ``Session.run`` a predict request makes,
 called directly from ``--threads`` threads for ``--seconds``, with no HTTP, JSON or handles.
-It also times the whole ``Api.predict`` (parse, handle, run, render) once per call, single
-threaded, to split a request's time. Prints one JSON line.
+It also times the whole REST ``predict`` (parse, handle, run, render) single threaded, to split a
+request's time, and from ``--threads`` threads (the limit of a REST predict without HTTP), and
+the gRPC service's ``Predict`` (proto to array, run, array to proto). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -64,14 +65,41 @@ def main() -> None:
         thread.start()
     for thread in threads:
         thread.join()
+    runs_per_s = sum(counts) / args.seconds
     api, target = RestApi(Calls(models)), Target("mlp")
     body = args.body.encode()
     run_alone = timed(run_once, min(2.0, args.seconds))
     predict = timed(lambda: api.predict(target, body), min(2.0, args.seconds))
-    print(json.dumps({"event": "inprocess", "requests_per_s": sum(counts) / args.seconds,
+    rpc, request = _grpc_predict(models, rows)
+    grpc_predict = timed(lambda: rpc.Predict(request, None), min(2.0, args.seconds))
+
+    def api_worker(index: int) -> None:  # the whole REST predict, without HTTP
+        counts[index] = len(timed(lambda: api.predict(target, body), args.seconds))
+
+    threads = [threading.Thread(target=api_worker, args=(i,)) for i in range(args.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"event": "inprocess", "requests_per_s": runs_per_s,
+                      "api_requests_per_s": sum(counts) / args.seconds,
                       "session_run_s": statistics.median(run_alone),
-                      "api_predict_s": statistics.median(predict)}), flush=True)
+                      "api_predict_s": statistics.median(predict),
+                      "grpc_predict_s": statistics.median(grpc_predict)}), flush=True)
     model.manager.close()
+
+
+def _grpc_predict(models: Models, rows: list):
+    """The gRPC service and a PredictRequest for ``rows``: a call's work without the wire."""
+    from consumer.serving.metrics import ServingMetrics
+    from consumer.serving.protos import to_proto
+    from consumer.serving.rpc import PredictionService
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mlp"
+    request.inputs["features"].CopyFrom(to_proto(np.asarray(rows, np.float32)))
+    return PredictionService(Calls(models), ServingMetrics()), request
 
 
 if __name__ == "__main__":

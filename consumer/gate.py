@@ -90,7 +90,12 @@ class Gate:
             ready.metrics = evaluate.evaluate(ready, data)
         except Exception as err:  # a version that cannot run the gate's data is not servable
             ready.metrics = {"error": f"{type(err).__name__}: {err}"[:500]}
-        reference = self._reference(live, spec, data)
+        # Scored only where a limit needs it; and the candidate's score is kept, for when it
+        # is live and the next one is measured against it: one evaluation a swap, not two.
+        reference = self._reference(live, spec, data) if self.max_regression is not None \
+            else None
+        if "loss" in ready.metrics:
+            self._remember(ready, ready.metrics["loss"])
         ready.phases["gate"] = time.perf_counter() - started
         return self._reason(ready.metrics, reference)
 
@@ -122,8 +127,17 @@ class Gate:
             return None
         key = (live.version.identity, self._stamp)
         if key not in self._scores:
-            self._scores = {key: evaluate.evaluate(live, data).get("loss")}  # its version's
+            self._remember(live, evaluate.evaluate(live, data).get("loss"))
         return self._scores[key]
+
+    def _remember(self, loaded: Loaded, loss: float | None) -> None:
+        """Keep the scores of the last two versions scored on the current data only."""
+        key = (loaded.version.identity, self._stamp)
+        self._scores = {k: v for k, v in self._scores.items() if k[1] == self._stamp}
+        self._scores.pop(key, None)
+        self._scores[key] = loss
+        while len(self._scores) > 2:
+            del self._scores[next(iter(self._scores))]
 
     def _reason(self, metrics: dict, reference: float | None) -> str | None:
         if "error" in metrics:

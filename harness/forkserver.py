@@ -1,10 +1,10 @@
-"""Warm starts for tests that start one program many times: a server process imports
-TensorFlow and the program once, then forks a child per start.
+"""Warm starts for tests that start programs many times: a server process imports TensorFlow
+and the programs once, then forks a child per start.
 
 Each child is a real process: its own pid, signals, locks, pipes and exit code, killed with -9
 for real. It runs the program's ``main()`` with ``sys.argv`` as ``python -m MODULE`` would set
 it, but starts in a few milliseconds instead of the ~5 s TensorFlow's import costs on the 2-core
-machine. The chaos test restarts the producer 25 times through it, the cluster tests start their
+machine. The chaos test restarts the producer 12 times through it, the cluster tests start their
 ps and workers with it, and a quick bench run its consumers, publishers and producers.
 
 **Why forking after TensorFlow's import is safe.** ``fork`` copies only the calling thread; a
@@ -38,7 +38,7 @@ The server sets glibc's huge-page tunable itself (``consumer.hugepages``), so a 
 finds it set and does not execute itself again, which would throw the warm import away.
 
 Protocol, over a SOCK_SEQPACKET socket pair (one message per send): the client sends
-``{"argv": [...], "cwd": DIR or null}`` as JSON with the child's stdout and stderr pipes attached
+``{"module": NAME, "argv": [...], "cwd": DIR or null}`` as JSON with the child's stdout and stderr pipes attached
 (SCM_RIGHTS); the server answers ``started PID``, and later ``exited PID CODE`` (CODE as
 ``subprocess`` gives it: -9 for SIGKILL).
 """
@@ -62,13 +62,11 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def serve(module: str, fd: int) -> None:
+def serve(modules: list[str], fd: int) -> None:
     """The server's loop: fork a child per request until the client closes its end."""
     import shared.tfcompat  # noqa: F401 - the import every child would otherwise pay
 
-    program = importlib.import_module(module)
-    if hasattr(program, "__path__"):  # a package: ``python -m`` runs its __main__
-        program = importlib.import_module(f"{module}.__main__")
+    programs = {module: _program(module) for module in modules}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the test ends the client; EOF us
     sock = socket.socket(fileno=fd)
     sock.sendall(b"ready")
@@ -86,7 +84,7 @@ def serve(module: str, fd: int) -> None:
                 sock.close()
                 _die_with(server)
                 request = json.loads(message)
-                _run_child(program, request["argv"], request["cwd"], *fds)
+                _run_child(programs[request["module"]], request["argv"], request["cwd"], *fds)
             for descriptor in fds:
                 os.close(descriptor)
             children.add(pid)
@@ -97,6 +95,14 @@ def serve(module: str, fd: int) -> None:
                 break
             children.discard(pid)
             sock.sendall(f"exited {pid} {os.waitstatus_to_exitcode(status)}".encode())
+
+
+def _program(module: str):
+    """What ``python -m module`` runs: the module, or a package's ``__main__``."""
+    program = importlib.import_module(module)
+    if hasattr(program, "__path__"):
+        program = importlib.import_module(f"{module}.__main__")
+    return program
 
 
 def _die_with(server: int) -> None:
@@ -150,4 +156,4 @@ def _exit_steps() -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))
+    serve(sys.argv[1].split(","), int(sys.argv[2]))

@@ -120,17 +120,17 @@ class ForkedChild:
 
 class ForkServer:
     """Starts ``python -m MODULE`` children warm, forked from a server that imported TensorFlow
-    and MODULE once (``harness.forkserver``): a few ms a start instead of ~5 s. For tests that
-    start one program many times; ``Process(..., server=...)`` takes it."""
+    and each of its modules once (``harness.forkserver``): a few ms a start instead of ~5 s.
+    For tests that start programs many times; ``Process(..., server=...)`` takes it."""
 
-    def __init__(self, module: str, timeout: float = 120) -> None:
+    def __init__(self, *modules: str, timeout: float = 120) -> None:
         from consumer import hugepages
 
-        self.module = module
+        self.modules = modules
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), hugepages.TUNABLE]))
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "harness.forkserver", module, str(theirs.fileno())], cwd=REPO,
+            [sys.executable, "-m", "harness.forkserver", ",".join(modules), str(theirs.fileno())], cwd=REPO,
             pass_fds=[theirs.fileno()], env={**env(), "GLIBC_TUNABLES": tunables},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         theirs.close()
@@ -142,7 +142,7 @@ class ForkServer:
         if ready != b"ready":
             self._server.kill()
             self._socket.close()
-            raise RuntimeError(f"fork server for {module} did not start: "
+            raise RuntimeError(f"fork server for {', '.join(modules)} did not start: "
                                f"{self._server.communicate()[1][-2000:]!r}")
         self._socket.settimeout(None)
         self._children: dict[int, ForkedChild] = {}
@@ -178,14 +178,15 @@ class ForkServer:
             if child is not None:
                 child._exit(int(code[0]))
 
-    def spawn(self, argv: list[str], cwd: str | os.PathLike | None = None) -> ForkedChild:
-        """A child running MODULE's ``main()`` on ``argv`` in ``cwd`` (else the repo), its stdout
-        and stderr piped to us."""
+    def spawn(self, module: str, argv: list[str],
+              cwd: str | os.PathLike | None = None) -> ForkedChild:
+        """A child running ``module``'s ``main()`` on ``argv`` in ``cwd`` (else the repo), its
+        stdout and stderr piped to us."""
         if self.lost.is_set():
-            raise RuntimeError(f"the fork server for {self.module} is gone")
+            raise RuntimeError(f"the fork server for {', '.join(self.modules)} is gone")
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        request = {"argv": argv, "cwd": None if cwd is None else str(cwd)}
+        request = {"module": module, "argv": argv, "cwd": None if cwd is None else str(cwd)}
         with self._lock:
             socket.send_fds(self._socket, [json.dumps(request).encode()], [out_write, err_write])
             os.close(out_write)
@@ -235,8 +236,8 @@ class Process:
         With a ``server`` (for ``module``), the child is forked warm from it. It runs in ``cwd``,
         else in the repo, with ``environ`` (a cold start only), else ``env()``."""
         if server is not None:
-            assert server.module == module and preexec_fn is None and environ is None
-            self.popen = server.spawn(command(module, *args)[3:], cwd)  # past "python -m module"
+            assert module in server.modules and preexec_fn is None and environ is None
+            self.popen = server.spawn(module, command(module, *args)[3:], cwd)  # past "-m module"
         else:
             self.popen = subprocess.Popen(command(module, *args), cwd=cwd or REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,

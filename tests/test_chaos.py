@@ -19,7 +19,7 @@ STEPS, CHECKPOINT_EVERY, EXPORT_EVERY = 10_000, 20, 40
 
 
 def test_kill_9_in_a_loop_loses_nothing_committed_and_the_run_completes(tmp_path):
-    kills = int(os.environ.get("CHAOS_KILLS", "25"))
+    kills = int(os.environ.get("CHAOS_KILLS", "12"))
     seed = int(os.environ.get("CHAOS_SEED", "11"))
     rng = random.Random(seed)
     root = tmp_path / "exports"
