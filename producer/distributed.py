@@ -23,6 +23,7 @@ from shared.tfcompat import tf, v1
 
 CHIEF_CHECK = 0.5  # seconds between a non-chief worker's looks at the chief's server
 WAIT_CHECK = 0.2  # seconds between its looks at a signal and the global step while it waits
+ABORTS_IN_A_ROW = 3  # an aborted run is tried again this many times before the task gives up
 
 # What a session run raises when a task of the cluster is gone or stops answering.
 LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
@@ -217,6 +218,21 @@ def _chief(role, config, stop, server, manager, init, graph, model, session_conf
     return step
 
 
+def run_retrying(session, fetches, feeds: dict | None, step: int):
+    """``session.run``, tried again when TF aborts it. TF defines AbortedError as retryable (a
+    concurrency conflict; under load, e.g. a RecvTensor that gRPC delivered twice) and its
+    MonitoredSession recovers from it; one aborted step of asynchronous SGD loses nothing. Past
+    ``ABORTS_IN_A_ROW`` it is raised: then the cluster is lost, not busy."""
+    for attempt in range(1, ABORTS_IN_A_ROW + 1):
+        try:
+            return session.run(fetches, feeds)
+        except tf.errors.AbortedError as err:
+            if attempt == ABORTS_IN_A_ROW:
+                raise
+            log.warning("run_aborted", step=step, attempt=attempt,
+                        message=err.message.splitlines()[0][:200])
+
+
 def _train(session, model, dataset, config: Config, stop: threading.Event, rate: dict,
            at_step=lambda step: None) -> int:
     """Steps until the global step, which every worker advances, reaches the target; each step
@@ -227,9 +243,9 @@ def _train(session, model, dataset, config: Config, stop: threading.Event, rate:
         if step >= config.steps:
             break
         features, labels = dataset.batch(step)
-        metrics, _ = session.run([model.metrics, model.train_op],
-                                 {model.features: features, model.labels: labels, **rate})
-        step = int(session.run(model.global_step))
+        metrics, _ = run_retrying(session, [model.metrics, model.train_op],
+                                  {model.features: features, model.labels: labels, **rate}, step)
+        step = int(run_retrying(session, model.global_step, None, step))
         every = config.log_every_epochs * dataset.steps_per_epoch
         if step // every > logged // every:
             logged = step

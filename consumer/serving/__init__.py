@@ -1,2 +1,3 @@
-"""The model server over the handoff's manager: protocol-neutral calls, TF Serving's JSON codec,
-the HTTP front and its metrics, and the wiring that runs them beside the consumer's loop."""
+"""The model server over the handoff's manager: the models it serves and their config, the
+protocol-neutral calls, and the fronts over them (REST with TF Serving's JSON codec, gRPC),
+batching, admission and metrics."""
