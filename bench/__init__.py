@@ -1,4 +1,5 @@
-"""Benchmarks of the handoff, each side by side with a baseline measured in the same run."""
+"""Benchmarks of the handoff and the model server, each beside a baseline measured in the
+same run."""
 
 from __future__ import annotations
 

@@ -38,9 +38,9 @@ The server sets glibc's huge-page tunable itself (``consumer.hugepages``), so a 
 finds it set and does not execute itself again, which would throw the warm import away.
 
 Protocol, over a SOCK_SEQPACKET socket pair (one message per send): the client sends
-``{"module": NAME, "argv": [...], "cwd": DIR or null}`` as JSON with the child's stdout and stderr pipes attached
-(SCM_RIGHTS); the server answers ``started PID``, and later ``exited PID CODE`` (CODE as
-``subprocess`` gives it: -9 for SIGKILL).
+``{"module": NAME, "argv": [...], "cwd": DIR or null}`` as JSON with the child's stdout and
+stderr pipes attached (SCM_RIGHTS); the server answers ``started PID``, and later
+``exited PID CODE`` (CODE as ``subprocess`` gives it: -9 for SIGKILL).
 """
 
 from __future__ import annotations

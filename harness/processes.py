@@ -130,9 +130,10 @@ class ForkServer:
         self._socket, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), hugepages.TUNABLE]))
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "harness.forkserver", ",".join(modules), str(theirs.fileno())], cwd=REPO,
-            pass_fds=[theirs.fileno()], env={**env(), "GLIBC_TUNABLES": tunables},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [sys.executable, "-m", "harness.forkserver", ",".join(modules),
+             str(theirs.fileno())], cwd=REPO, pass_fds=[theirs.fileno()],
+            env={**env(), "GLIBC_TUNABLES": tunables}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
         theirs.close()
         self._socket.settimeout(timeout)
         try:
@@ -247,6 +248,7 @@ class Process:
         self.events: list[dict] = []
         self.stderr = ""
         self._on_event = on_event
+        self.callback_error: Exception | None = None  # what ``on_event`` raised, if it did
         self._queue: queue.Queue = queue.Queue()
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -258,8 +260,11 @@ class Process:
             if line.startswith("{"):
                 event = json.loads(line)
                 self.events.append(event)
-                if self._on_event:
-                    self._on_event(event)
+                if self._on_event and self.callback_error is None:
+                    try:
+                        self._on_event(event)
+                    except Exception as err:  # raised by ``wait_for``, not lost with this thread
+                        self.callback_error = err
                 self._queue.put(event)
         self._queue.put(None)
 
@@ -275,6 +280,8 @@ class Process:
             except queue.Empty:
                 raise AssertionError(f"no matching event within {timeout}s; "
                                      f"last events: {self.events[-5:]}") from None
+            if self.callback_error is not None:
+                raise AssertionError(f"on_event failed: {self.callback_error!r}")
             if event is None:
                 raise AssertionError(f"process exited ({self.popen.wait()}) before a matching "
                                      f"event; stderr: {self.stderr[-2000:]}")

@@ -41,7 +41,7 @@ def describe(event: dict) -> str:
     if kind == "evaluated":
         return f"evaluated SavedModel {event['step']:>5}  loss {event['loss']:.5f}"
     if kind == "serving":
-        return f"serving on http://{event['host']}:{event['port']}/v1/models/{event['model']}"
+        return f"serving on {event['url']}"
     if kind == "promotion_refused":
         return f"refused   SavedModel {event['step']:>5}: {event['reason']}"
     if kind == "load_failed":
@@ -97,9 +97,9 @@ def main() -> int:
                      on_event=show("server", {"serving", "promotion_refused", "load_failed"}))
     producer, client = None, None
     try:
-        consumer.wait_for(lambda e: e["event"] == "watching", timeout=60)
-        port = server.wait_for(lambda e: e["event"] == "serving", timeout=60)["port"]
-        server.wait_for(lambda e: e["event"] == "watching", timeout=60)
+        consumer.wait_seen(lambda e: e["event"] == "watching", timeout=60)
+        port = server.wait_seen(lambda e: e["event"] == "serving", timeout=60)["port"]
+        server.wait_seen(lambda e: e["event"] == "watching", timeout=60)
         client = Client(port)
         client.start()
         producer = Process("producer", "--export-dir", exports, "--steps", args.steps,
@@ -107,7 +107,7 @@ def main() -> int:
                            on_event=show("producer", {"model_exported", "train_progress"}))
         producer_code = producer.wait(timeout=300)
         consumer_code = consumer.wait(timeout=60)  # it exits once it handled the last step
-        server.wait_for(lambda e: e["event"] == "model_loaded" and e["step"] == args.steps)
+        server.wait_seen(lambda e: e["event"] == "model_loaded" and e["step"] == args.steps)
         time.sleep(0.2)  # the client's next answer comes from the last version
         client.stop.set()
         client.join(timeout=10)

@@ -385,3 +385,41 @@ def test_a_request_runs_to_its_end_on_its_version_across_swaps(tmp_path):
     loads = [e for e in server.named("model_loaded") if e["step"] > 1]
     assert len(loads) == last - 1 and {e["load"] for e in loads} == {"warm"}
     assert spanning >= 20
+
+
+def test_past_max_inflight_requests_a_request_gets_503_at_once_and_the_bound_is_released(
+        tmp_path):
+    """Without batching, ``--max_inflight_requests`` bounds the requests in flight: six clients
+    at once against a bound of two, each request about a quarter of a second long, so the two
+    admitted are still running when the other four arrive, which get 503 at once, not a place
+    in a queue. Once they end, the bound is free again."""
+    base = tmp_path / "slow"
+    base.mkdir()
+    versions = tfs_models.HalfPlusTwo(spin=40000)  # 20,000 turns took 130 ms here
+    tfs_models.publish(base, 1, lambda p: versions.save(p, b=1.0))
+    versions.close()
+    server, port = start(f"--model_base_path={base}", "--model_name=slow", "--work_dir",
+                         tmp_path / "work", "--max_inflight_requests=2")
+    loaded(server, base, 1)
+    together, answers = threading.Barrier(6), []
+
+    def client() -> None:
+        mine = RestClient(port)
+        mine.call("GET", "/v1/models/slow")  # connected before the barrier
+        together.wait()
+        status, _, body = mine.predict("slow", {"instances": [1.0]})
+        answers.append((status, body))
+        mine.close()
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    refused = [body for status, body in answers if status == 503]
+    assert len(answers) == 6 and len(refused) >= 3, answers
+    assert all("--max_inflight_requests" in body["error"] for body in refused), refused
+    assert all(body == {"predictions": [1.5]} for status, body in answers if status == 200)
+    status, _, body = RestClient(port).predict("slow", {"instances": [1.0]})
+    assert status == 200 and body == {"predictions": [1.5]}  # every admitted one left
+    assert server.terminate() == 0, server.stderr

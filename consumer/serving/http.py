@@ -85,11 +85,13 @@ class Workers:
         while (item := self._queue.get()) is not None:
             loop, future, call, args = item
             try:
-                result = call(*args)
+                result, error = call(*args), None
             except BaseException as err:  # handed to the awaiting handler, which re-raises it
-                loop.call_soon_threadsafe(_settle, future, None, err)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                result, error = None, err
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop closed past the shutdown grace: nobody waits
+                pass
 
     def shutdown(self) -> None:
         """Finish the calls queued, then stop the threads."""
