@@ -27,7 +27,7 @@ DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 T = TypeVar("T")
 WARM = ("consumer", "consumer.model_server", "bench.publisher", "producer", "bench.client",
-        "bench.inprocess", "bench.widemodel", "bench.bigmodel", "bench.hello")
+        "bench.inprocess", "bench.widemodel", "bench.bigmodel", "bench.hello", "bench.baseline")
 
 
 def run_all(sizes: handoff.Sizes, tmp: Path) -> tuple[list[tuple], list[str]]:

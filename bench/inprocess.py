@@ -68,10 +68,10 @@ def main() -> None:
     runs_per_s = sum(counts) / args.seconds
     api, target = RestApi(Calls(models)), Target("mlp")
     body = args.body.encode()
-    run_alone = timed(run_once, min(2.0, args.seconds))
-    predict = timed(lambda: api.predict(target, body), min(2.0, args.seconds))
+    run_alone = timed(run_once, min(2.0, args.seconds / 2))
+    predict = timed(lambda: api.predict(target, body), min(2.0, args.seconds / 2))
     rpc, request = _grpc_predict(models, rows)
-    grpc_predict = timed(lambda: rpc.Predict(request, None), min(2.0, args.seconds))
+    grpc_predict = timed(lambda: rpc.Predict(request, None), min(2.0, args.seconds / 2))
 
     def api_worker(index: int) -> None:  # the whole REST predict, without HTTP
         counts[index] = len(timed(lambda: api.predict(target, body), args.seconds))

@@ -246,6 +246,7 @@ class Process:
                                           preexec_fn=preexec_fn)
         Process.started.append(self)
         self.events: list[dict] = []
+        self.text: list[str] = []  # stdout's other lines: a program that logs JSON prints none
         self.stderr = ""
         self._on_event = on_event
         self.callback_error: Exception | None = None  # what ``on_event`` raised, if it did
@@ -266,6 +267,8 @@ class Process:
                     except Exception as err:  # raised by ``wait_for``, not lost with this thread
                         self.callback_error = err
                 self._queue.put(event)
+            else:
+                self.text.append(line)
         self._queue.put(None)
 
     def _read_stderr(self) -> None:

@@ -24,7 +24,7 @@ def test_kill_9_in_a_loop_loses_nothing_committed_and_the_run_completes(tmp_path
     # Room for every life to be killed before the run ends (a life trains for 0.3 s at most
     # past its first checkpoint: at most about 100 steps here), and not much more: the last
     # life trains the rest while both consumers follow.
-    steps = max(4_000, 300 * kills)
+    steps = max(2_000, 300 * kills)
     rng = random.Random(seed)
     root = tmp_path / "exports"
     producer_args = ("--export-dir", root, "--steps", steps, "--checkpoint-every",

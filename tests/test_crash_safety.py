@@ -53,7 +53,7 @@ def test_kill_9_leaves_only_complete_versions_and_rerun_resumes(tmp_path):
 
 def test_reader_racing_the_writer_never_sees_an_incomplete_committed_version(tmp_path):
     root = tmp_path / "exports"
-    producer = Process("producer", "--export-dir", root, "--steps", "300", "--checkpoint-every",
+    producer = Process("producer", "--export-dir", root, "--steps", "200", "--checkpoint-every",
                        "1", "--export-every", "3", "--keep-checkpoints", "2", "--keep-exports", "2")
     seen_checkpoints, seen_savedmodels, broken = set(), set(), []
     try:

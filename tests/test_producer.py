@@ -1,7 +1,6 @@
 """The producer on real TensorFlow and real files: convergence, the contract, both tags, CLI."""
 
 import fcntl
-import json
 import os
 import pty
 import re
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from shared import commit, contract, datasets, layout
-from tests.helpers import REPO, run
+from tests.helpers import REPO, run, warm
 
 
 def _restore_checkpoint(prefix):
@@ -321,9 +320,10 @@ def test_a_terminal_gets_one_progress_line_and_json_stays_event_for_event(tmp_pa
         assert event in screen  # what matters prints above the line...
     assert "checkpoint_saved" not in screen and "train_progress" not in screen  # ...not routine
 
-    result = run("producer", "--export-dir", tmp_path / "json", *args)  # not a TTY: JSON
-    assert result.returncode == 0, result.stderr
-    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    producer = warm("producer", "--export-dir", tmp_path / "json", *args)  # a pipe: JSON
+    assert producer.wait() == 0, producer.stderr
+    assert producer.text == []  # every line of stdout is a JSON event: no bar, no console line
+    events = [event["event"] for event in producer.events]
     assert events.count("checkpoint_saved") == 15 and events.count("model_exported") == 3
     assert events.count("train_progress") == 6 and events[0] == "training_started"
-    assert events[-1] == "training_finished" and "━" not in result.stdout
+    assert events[-1] == "training_finished"
