@@ -235,6 +235,11 @@ def parse_spec(text: str) -> dict:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(f"dataset spec is not JSON: {err}") from None
+    return _checked(spec)
+
+
+def _checked(spec: object) -> dict:
+    """``spec`` itself, once it names a dataset of the catalog with parameters in range."""
     if not isinstance(spec, dict) or spec.get("name") not in CATALOG:
         raise DatasetError(f"unknown dataset {spec!r}; the catalog has {sorted(CATALOG)}")
     check(spec["name"], {k: v for k, v in spec.items() if k != "name"})
@@ -254,15 +259,8 @@ def spec_argument(text: str) -> dict:
 def load(spec: dict | bytes | str, root: Path | None = None) -> Dataset:
     """Build the dataset a spec names: a dict, or its JSON as stored in the ``dataset``
     collection. ``root`` is the export dir, where file-backed datasets find their data."""
-    if isinstance(spec, (bytes, str)):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"dataset spec is not JSON: {err}") from err
-    if not isinstance(spec, dict) or spec.get("name") not in CATALOG:
-        raise DatasetError(f"unknown dataset {spec!r}; the catalog has {sorted(CATALOG)}")
+    spec = parse_spec(spec) if isinstance(spec, (bytes, str)) else _checked(spec)
     params = {k: v for k, v in spec.items() if k != "name"}
-    check(spec["name"], params)
     if spec["name"] in NEEDS_ROOT:
         return CATALOG[spec["name"]](root, **params)
     return CATALOG[spec["name"]](**params)

@@ -14,7 +14,7 @@ from harness.processes import free_ports
 from harness.rest_client import RestClient
 from tests import tfs_models
 from tests.helpers import Process, run_warm, warm
-from tests.test_model_server import loaded
+from tests.test_model_server import loaded, swap_under_load
 
 
 def start(base, tmp_path, parameters: str, *extra) -> tuple[Process, int]:
@@ -25,6 +25,16 @@ def start(base, tmp_path, parameters: str, *extra) -> tuple[Process, int]:
                      "--enable_batching",
                      f"--batching_parameters_file={tmp_path / 'batching.config'}", *extra)
     server.wait_for(lambda e: e["event"] == "serving")
+    return server, rest
+
+
+def serve_probe(tmp_path, parameters: str) -> tuple[Process, int]:
+    """A batching server on ``tfs_models.batch_probe``'s version 1, loaded."""
+    base = tmp_path / "probe"
+    base.mkdir()
+    tfs_models.publish(base, 1, tfs_models.batch_probe)
+    server, rest = start(base, tmp_path, parameters)
+    loaded(server, base, 1)
     return server, rest
 
 
@@ -52,18 +62,8 @@ def test_each_request_gets_its_own_answer_and_batches_never_mix_versions(tmp_pat
             answers[index].append((status, int(headers.get("x-model-version", -1)), body))
         mine.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
-    for thread in threads:
-        thread.start()
-    try:
-        for step in range(2, 7):  # swaps while batches form
-            tfs_models.publish(base, step, lambda p, s=step: versions.save(p, b=float(s)))
-            loaded(server, base, step)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        versions.close()
+    swap_under_load(server, base, versions, range(2, 7),  # swaps while batches form
+                    [threading.Thread(target=client, args=(i,)) for i in range(32)], stop)
     for index, seen in enumerate(answers):
         assert seen
         for status, version, body in seen:
@@ -81,14 +81,10 @@ def test_each_request_gets_its_own_answer_and_batches_never_mix_versions(tmp_pat
 
 
 def test_padding_to_allowed_sizes_and_variable_lengths(tmp_path):
-    base = tmp_path / "probe"
-    base.mkdir()
-    tfs_models.publish(base, 1, tfs_models.batch_probe)
-    server, rest = start(base, tmp_path, "max_batch_size { value: 8 }\n"
+    server, rest = serve_probe(tmp_path, "max_batch_size { value: 8 }\n"
                                          "batch_timeout_micros { value: 300000 }\n"
                                          "allowed_batch_sizes: 4\nallowed_batch_sizes: 8\n"
                                          "pad_variable_length_inputs: true\n")
-    loaded(server, base, 1)
     client = RestClient(rest)
     # alone (its batch runs at the timeout): 1 row padded to 4, 5 rows padded to 8
     assert client.predict("m", {"instances": [[1.0]]})[2]["predictions"] == [[5.0]]
@@ -108,14 +104,10 @@ def test_padding_to_allowed_sizes_and_variable_lengths(tmp_path):
 
 
 def test_a_full_queue_answers_503_at_once(tmp_path):
-    base = tmp_path / "probe"
-    base.mkdir()
-    tfs_models.publish(base, 1, tfs_models.batch_probe)
-    server, rest = start(base, tmp_path, "max_batch_size { value: 1 }\n"
+    server, rest = serve_probe(tmp_path, "max_batch_size { value: 1 }\n"
                                          "batch_timeout_micros { value: 500000 }\n"
                                          "max_enqueued_batches { value: 1 }\n"
                                          "num_batch_threads { value: 1 }\n")
-    loaded(server, base, 1)
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: RestClient(rest).predict("m", {"instances": [[1.0]]}),
                                 range(6)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -17,7 +16,7 @@ from harness.rest_client import RestClient
 from shared import layout
 from tests import tfs_models
 from tests.helpers import warm
-from tests.test_model_server import config_file, loaded
+from tests.test_model_server import config_file, loaded, swap_under_load
 
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,  # noqa: E402
                                      get_model_status_pb2, inference_pb2, model_management_pb2,
@@ -169,6 +168,7 @@ X = tf.make_tensor_proto([[1.0]], tf.float32)
 
 
 @pytest.mark.parametrize("request_, code, text", [
+    (predict_pb2.PredictRequest(), "INVALID_ARGUMENT", "Missing ModelSpec"),
     (_predict("nope", x=X), "NOT_FOUND", "Servable not found for request: Latest(nope)"),
     (_predict(version=7, x=X), "NOT_FOUND", "Servable not found for request: "
                                             "Specific(half_plus_two, 7)"),
@@ -203,6 +203,20 @@ def test_classify_mistakes_and_reload_without_a_config(servers):
     classify.input.Clear()
     assert _code(stubs.predict.Classify, classify) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                        "Input is empty.")
+    # classification_service.cc: no model_spec at all; multi_inference_helper.cc looks up the
+    # first task's servable before multi_inference.cc checks each task
+    assert _code(stubs.predict.Classify, classification_pb2.ClassificationRequest()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.tasks.add(method_name="tensorflow/serving/classify")
+    examples_input(multi, [1.0])
+    assert _code(stubs.predict.MultiInference, multi) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+    multi.tasks[0].model_spec.name = "half_plus_two"
+    multi.tasks[0].model_spec.signature_name = "classify_x_to_y"
+    multi.tasks.add(method_name="tensorflow/serving/regress")
+    assert _code(stubs.predict.MultiInference, multi) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
     metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["other"])
     metadata.model_spec.name = "half_plus_two"
     assert _code(stubs.predict.GetModelMetadata, metadata) == (
@@ -266,21 +280,11 @@ def test_swaps_under_grpc_and_rest_load_fail_no_call(tmp_path):
                            if status == 200 else (None, body))
         client.close()
 
-    threads = [threading.Thread(target=grpc_client if i < 2 else rest_client, args=(seen[i],))
-               for i in range(4)]
-    for thread in threads:
-        thread.start()
     last = 31
-    try:
-        for step in range(2, last + 1):
-            tfs_models.publish(base, step, lambda p, s=step: versions.save(p, b=float(s)))
-            loaded(server, base, step)
-        time.sleep(0.2)  # every client meets the last version too
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        versions.close()
+    swap_under_load(server, base, versions, range(2, last + 1),
+                    [threading.Thread(target=grpc_client if i < 2 else rest_client,
+                                      args=(seen[i],)) for i in range(4)],
+                    stop, settle=0.2)  # every client meets the last version too
     assert server.terminate() == 0, server.stderr
     for answers in seen:
         assert answers and all(version is not None for version, _ in answers), answers[:3]

@@ -38,6 +38,26 @@ def loaded(server: Process, base, step: int, timeout: float = 60) -> dict:
                             and e["path"] == str(base / str(step)), timeout=timeout)
 
 
+def swap_under_load(server: Process, base, versions: tfs_models.HalfPlusTwo, steps: range,
+                    clients: list[threading.Thread], stop: threading.Event,
+                    settle: float = 0.0) -> None:
+    """Start ``clients``; publish ``versions`` at each of ``steps`` (b = the step) and wait
+    until each is loaded; ``settle`` seconds more, so every client meets the last; then stop
+    and join the clients, and close ``versions``."""
+    for thread in clients:
+        thread.start()
+    try:
+        for step in steps:
+            tfs_models.publish(base, step, lambda p, s=step: versions.save(p, b=float(s)))
+            loaded(server, base, step)
+        time.sleep(settle)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+        versions.close()
+
+
 # -- any SavedModel, swapped under load ----------------------------------------------------------
 
 KINDS = {  # model -> (request body, the answer version v gives)
@@ -363,19 +383,9 @@ def test_a_request_runs_to_its_end_on_its_version_across_swaps(tmp_path):
             answers.append((status, int(headers.get("x-model-version", 0)), body))
         mine.close()
 
-    threads = [threading.Thread(target=client, args=(answers,)) for answers in seen]
-    for thread in threads:
-        thread.start()
     last = 40
-    try:
-        for step in range(2, last + 1):
-            tfs_models.publish(base, step, lambda p, s=step: versions.save(p, b=float(s)))
-            loaded(server, base, step)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        versions.close()
+    swap_under_load(server, base, versions, range(2, last + 1),
+                    [threading.Thread(target=client, args=(answers,)) for answers in seen], stop)
     assert server.terminate() == 0, server.stderr
     spanning = 0
     for answers in seen:

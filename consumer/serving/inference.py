@@ -196,6 +196,7 @@ def _dt_name(array: np.ndarray) -> str:
 
 @dataclass
 class Task:
+    model_name: str
     signature_name: str
     method_name: str
 
@@ -205,7 +206,12 @@ def multi_inference(loaded: Loaded, tasks: list[Task], examples: np.ndarray,
     """One run for several classify and regress signatures over the same examples: each result
     a ``Classification`` or a regression array, in the tasks' order."""
     signatures, seen = [], set()
-    for task in tasks:
+    for task in tasks:  # checked in order, as TF Serving's multi_inference.cc does
+        if not task.model_name:
+            raise invalid("Found ModelSpec with an empty model name.")
+        if task.model_name != tasks[0].model_name:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same "
+                          "model name.")
         key = signature_key(task.signature_name)
         if key in seen:
             raise invalid(f"Duplicate evaluation of signature: {key}")

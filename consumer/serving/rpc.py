@@ -128,14 +128,10 @@ class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceS
         name = request.tasks[0].model_spec.name if request.tasks else ""
 
         def call():
-            for task in request.tasks:
-                if not task.model_spec.name:
-                    raise invalid("Found ModelSpec with an empty model name.")
-                if task.model_spec.name != name:
-                    raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same "
-                                  "model name.")
-            tasks = [inference.Task(t.model_spec.signature_name, t.method_name)
-                     for t in request.tasks]
+            # The first task's servable is looked up before any task is checked (an empty name
+            # there is "ModelSpec has no name specified."), as TF Serving's multi_inference_helper
+            tasks = [inference.Task(t.model_spec.name, t.model_spec.signature_name,
+                                    t.method_name) for t in request.tasks]
             first = target(request.tasks[0].model_spec) if request.tasks else Target("")
             answer = self.calls.multi_inference(first, tasks,
                                                 protos.serialized_examples(request.input))

@@ -78,8 +78,8 @@ def _run(loaded: Loaded, entry, index: int) -> None:
             _check_finite({"outputs": values}, index)
         elif kind == "multi_inference_log":
             request = entry.multi_inference_log.request
-            tasks = [inference.Task(t.model_spec.signature_name, t.method_name)
-                     for t in request.tasks]
+            tasks = [inference.Task(t.model_spec.name, t.model_spec.signature_name,
+                                    t.method_name) for t in request.tasks]
             inference.multi_inference(loaded, tasks, protos.serialized_examples(request.input))
         elif kind is not None:
             number = entry.DESCRIPTOR.fields_by_name[kind].number
