@@ -9,42 +9,14 @@ the gRPC front protos. A failure is a ``ServingError`` with TF Serving's code an
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from consumer.serving import inference
-from consumer.serving.errors import ServingError, invalid, not_found
+from consumer.serving.errors import invalid, not_found
 from consumer.serving.models import Models, VersionState
 from consumer.signatures import Signature, TensorSpec
-
-
-class Admission:
-    """A bound on the requests in flight, both protocols together: past it a request is
-    answered UNAVAILABLE (503) at once, rather than queued for seconds. With batching on, the
-    batch queue's own bound (``max_enqueued_batches``) does this, and there is none here."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self._in_flight = 0
-        self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        if self.limit is None:
-            return
-        with self._lock:
-            if self._in_flight >= self.limit:
-                raise ServingError("UNAVAILABLE", f"the server has {self.limit} requests in "
-                                                  "flight, its limit (--max_inflight_requests): "
-                                                  "try again")
-            self._in_flight += 1
-
-    def leave(self) -> None:
-        if self.limit is None:
-            return
-        with self._lock:
-            self._in_flight -= 1
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,18 @@ PROG = "model_server"
 
 # TF Serving flags we accept and do not act on: name -> the default TF Serving gives it.
 IGNORED = {
-    "grpc_socket_path": "", "rest_api_enable_cors_support": False,
     "enable_per_model_batching_parameters": False, "num_load_threads": 0,
     "num_unload_threads": 0, "max_num_load_retries": 5, "load_retry_interval_micros": 60000000,
     "flush_filesystem_caches": True, "tensorflow_session_parallelism": 0,
     "tensorflow_session_config_file": "", "tensorflow_intra_op_parallelism": 0,
-    "tensorflow_inter_op_parallelism": 0, "use_alts_credentials": False, "ssl_config_file": "",
+    "tensorflow_inter_op_parallelism": 0, "use_alts_credentials": False,
     "platform_config_file": "", "per_process_gpu_memory_fraction": 0.0,
-    "monitoring_config_file": "",
     "remove_unused_fields_from_bundle_metagraph": True, "prefer_tflite_model": False,
     "num_tflite_pools": 0, "num_tflite_interpreters_per_pool": 1,
     "enable_signature_method_name_check": False, "xla_cpu_compilation_enabled": False,
     "xla_gpu_compilation_enabled": False, "enable_profiler": True,
     "thread_pool_factory_config_file": "", "mixed_precision": "", "skip_initialize_tpu": False,
-    "enable_grpc_healthcheck_service": False, "enable_serialization_as_tensor_content": False,
+    "enable_serialization_as_tensor_content": False,
 }
 
 
@@ -63,7 +61,8 @@ def parser() -> cli.ArgumentParser:
     tfs.add_argument("--rest_api_port", type=cli.port, default=8501,
                      help="REST port (default 8501, as TF Serving's Docker image; 0: no REST)")
     tfs.add_argument("--rest_api_timeout_in_ms", type=cli.non_negative_int, default=30000,
-                     help="accepted; a request runs to its end (default 30000)")
+                     help="a REST request not answered in this long gets 408 / "
+                          "DEADLINE_EXCEEDED (default 30000; 0: no limit)")
     tfs.add_argument("--model_name", default="default", help="the served model's name")
     tfs.add_argument("--model_base_path", type=Path, default=None,
                      help="its versions are the numbered directories inside")
@@ -93,6 +92,19 @@ def parser() -> cli.ArgumentParser:
                      help="gRPC calls run at once (default 4; with batching, 128)")
     tfs.add_argument("--grpc_channel_arguments", default="",
                      help="key=value,... e.g. grpc.max_receive_message_length=4194304")
+    tfs.add_argument("--ssl_config_file", type=Path, default=None,
+                     help="SSLConfig in text format (server_key, server_cert, custom_ca, "
+                          "client_verify): the gRPC port speaks TLS")
+    tfs.add_argument("--monitoring_config_file", type=Path, default=None,
+                     help="MonitoringConfig in text format: prometheus_config { enable: true "
+                          "path: \"/metrics\" } serves the metrics on the REST port there")
+    _bool_flag(tfs, "enable_grpc_healthcheck_service", False,
+               "grpc.health.v1.Health on the gRPC port: SERVING while every model has a "
+               "version available")
+    tfs.add_argument("--grpc_socket_path", default="",
+                     help="also serve gRPC on this Unix socket")
+    _bool_flag(tfs, "rest_api_enable_cors_support", False,
+               "answer CORS preflights and add CORS headers to REST answers")
     tfs.add_argument("--saved_model_tags", default="serve",
                      help="the meta graph to serve (only 'serve' here)")
     _bool_flag(tfs, "version", False, "print the version and exit")

@@ -21,7 +21,8 @@ from urllib.parse import unquote
 import uvicorn
 
 from consumer.serving import json_render
-from consumer.serving.calls import Admission, Target
+from consumer.serving.admission import Admission
+from consumer.serving.calls import Target
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from consumer.serving.rest import RestApi
@@ -231,11 +232,12 @@ class HttpServer:
     """uvicorn on a thread of its own; the socket is bound in the constructor, so a port in use
     is an error at start and ``port`` is the real one when 0 was asked for."""
 
-    def __init__(self, api: RestApi, metrics: ServingMetrics, host: str, port: int,
-                 admission: Admission, threads: int) -> None:
-        self.socket = listen(host, port)
-        self.host, self.port = host, self.socket.getsockname()[1]
-        self.pool = Workers(threads, "rest")
+    def __init__(self, api: RestApi, metrics: ServingMetrics, options,
+                 admission: Admission) -> None:
+        """``options``: the server's ``Options`` (host, rest_port, rest_threads, ...)."""
+        self.socket = listen(options.host, options.rest_port)
+        self.host, self.port = options.host, self.socket.getsockname()[1]
+        self.pool = Workers(options.rest_threads, "rest")
         # No proxy-headers middleware (uvicorn's default): nothing here reads the client's
         # address, and it is a coroutine layer on every request.
         config = uvicorn.Config(RestApp(api, metrics, self.pool, admission), log_config=None,

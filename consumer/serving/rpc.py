@@ -15,7 +15,8 @@ import grpc
 from google.protobuf import any_pb2
 
 from consumer.serving import inference, protos
-from consumer.serving.calls import Admission, Calls, Target
+from consumer.serving.admission import Admission
+from consumer.serving.calls import Calls, Target
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import ServingMetrics
 from shared import logs
@@ -237,10 +238,14 @@ def channel_options(arguments: str) -> list[tuple[str, object]]:
 class GrpcServer:
     """A gRPC server for both services, bound in the constructor (a port in use fails here)."""
 
-    def __init__(self, calls: Calls, metrics: ServingMetrics, host: str, port: int,
+    def __init__(self, calls: Calls, metrics: ServingMetrics, server_options,
                  options: list | None = None, reload: Callable | None = None,
-                 admission: Admission | None = None, threads: int = 4) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc"),
+                 admission: Admission | None = None) -> None:
+        """``server_options``: the server's ``Options`` (host, grpc_port, grpc_threads, ...);
+        ``options``: gRPC's channel options."""
+        host, port = server_options.host, server_options.grpc_port
+        self.server = grpc.server(futures.ThreadPoolExecutor(server_options.grpc_threads,
+                                                             thread_name_prefix="grpc"),
                                   options=options or channel_options(""))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(calls, metrics, admission=admission), self.server)

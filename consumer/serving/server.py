@@ -16,7 +16,8 @@ from typing import Callable
 from consumer import loader
 from consumer.loop import Config, Stats
 from consumer.serving import batching, rpc, warmup
-from consumer.serving.calls import Admission, Calls
+from consumer.serving.admission import Admission
+from consumer.serving.calls import Calls
 from consumer.serving.errors import ServingError
 from consumer.serving.http import SHUTDOWN_GRACE_SECONDS, HttpServer
 from consumer.serving.json_parse import MAX_ELEMENTS
@@ -49,6 +50,12 @@ class Options:
     config_file: Path | None = None  # --model_config_file, read again when it changes...
     config_poll: float = 0  # ...if this is > 0 (its poll interval, behind inotify)
     allow_unavailable_labels: bool = False
+    rest_timeout: float | None = 30.0  # --rest_api_timeout_in_ms, in seconds; None: no limit
+    cors: bool = False  # --rest_api_enable_cors_support
+    monitoring_config: Path | None = None  # --monitoring_config_file
+    ssl_config: Path | None = None  # --ssl_config_file
+    grpc_socket_path: str = ""  # --grpc_socket_path: gRPC on a Unix socket too
+    grpc_health: bool = False  # --enable_grpc_healthcheck_service
 
 
 def export_dir_name(export_dir: Path) -> Callable[[], str | None]:
@@ -83,13 +90,11 @@ class ModelServer:
         self.rest = RestApi(self.calls, options.max_elements)
         try:
             if options.rest_port is not None:
-                self.http = HttpServer(self.rest, self.metrics, options.host, options.rest_port,
-                                       admission, options.rest_threads)
+                self.http = HttpServer(self.rest, self.metrics, options, admission)
             port = options.grpc_port
             if options.grpc_port is not None:
-                self.grpc = rpc.GrpcServer(self.calls, self.metrics, options.host,
-                                           options.grpc_port, grpc_options, self.reload_config,
-                                           admission, options.grpc_threads)
+                self.grpc = rpc.GrpcServer(self.calls, self.metrics, options, grpc_options,
+                                           self.reload_config, admission)
         except (OSError, RuntimeError) as err:
             cli.fail(prog, f"cannot listen on {options.host}:{port}: "
                            f"{getattr(err, 'strerror', None) or err}")

@@ -49,6 +49,11 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
                       config_poll=float(args.model_config_file_poll_wait_seconds),
                       allow_unavailable_labels=args.allow_version_labels_for_unavailable_models,
                       batching=parameters, max_inflight=args.max_inflight_requests,
+                      rest_timeout=args.rest_api_timeout_in_ms / 1000 or None,
+                      cors=args.rest_api_enable_cors_support,
+                      monitoring_config=args.monitoring_config_file,
+                      ssl_config=args.ssl_config_file, grpc_socket_path=args.grpc_socket_path,
+                      grpc_health=args.enable_grpc_healthcheck_service,
                       rest_threads=args.rest_api_num_threads or (many if parameters else
                                                                  os.cpu_count() or 2),
                       grpc_threads=args.grpc_max_threads or (many if parameters else 4))
