@@ -8,13 +8,23 @@ TensorFlow, so that an operator's command is instant:
 
 A running server reads the file again at its next scan (within ``--rescan``, or at once on a
 new version), and loads an accepted version without the gate's regression check.
+
+Two processes write the file, the server and an operator's command: each writes under a lock
+(``gate.json.lock``) and merges what the other wrote since its last read, so an operator's
+``accept`` is never overwritten. A write that fails (a full or read-only disk) is logged as
+``record_failed`` when it starts and ``record_recovered`` when it clears; the decisions stay in
+memory, serving goes on, and the write is tried again at each scan.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from shared import cli, durable, logs
 
@@ -39,37 +49,92 @@ class Decisions:
         self.accepted: set[str] = set()  # refused, then taken by an operator
         self.served: dict | None = None  # {step, path, loss, dataset}
         self._stamp = None
+        self._unaccepted: set[str] = set()  # accepts this process took back since its last save
+        self._served_changed = False  # this process set ``served`` since its last save
+        self._unsaved = False  # a save failed: tried again at the next reload
+        self._failing: str | None = None  # the save's error, logged when it starts
         self.reload()
 
     def reload(self) -> bool:
-        """Read the file again if it changed (an operator's ``accept``); whether it did."""
+        """Read the file again if it changed (an operator's ``accept``); whether it did. A save
+        that failed before is tried again here."""
         if self.path is None:
             return False
+        if self._unsaved:
+            self.save()
         try:
             stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
+        except OSError:  # none yet, or unreadable: what is in memory stands
             return False
         if stamp == self._stamp:
             return False
-        self._stamp = stamp
+        before = (dict(self.refused), set(self.accepted), self.served)
+        self._merge_from_disk(stamp)
+        return (dict(self.refused), set(self.accepted), self.served) != before
+
+    def _merge_from_disk(self, stamp: int) -> None:
+        """Take in what another writer saved: its refusals and accepts join ours (an accept
+        taken back here stays taken back); the served version is the newer writer's."""
         try:
             saved = json.loads(self.path.read_text())
         except (OSError, ValueError) as err:
             log.warning("gate_decisions_unreadable", path=str(self.path), error=str(err))
-            return False
-        self.refused = saved.get("refused", {})
-        self.accepted = set(saved.get("accepted", []))
-        self.served = saved.get("served")
-        return True
+            return
+        self._stamp = stamp
+        if not isinstance(saved, dict):
+            return
+        self.refused = {**saved.get("refused", {}), **self.refused}
+        self.accepted |= set(saved.get("accepted", [])) - self._unaccepted
+        if not self._served_changed:
+            self.served = saved.get("served", self.served)
+
+    def set_served(self, entry: dict) -> None:
+        self.served = entry
+        self._served_changed = True
+
+    def unaccept(self, key: str) -> None:
+        self.accepted.discard(key)
+        self._unaccepted.add(key)
 
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        durable.write_atomic(self.path, json.dumps(
-            {"refused": self.refused, "accepted": sorted(self.accepted), "served": self.served},
-            indent=1).encode())
-        self._stamp = self.path.stat().st_mtime_ns
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(self.path):
+                try:
+                    stamp = self.path.stat().st_mtime_ns
+                except FileNotFoundError:
+                    stamp = None
+                if stamp is not None and stamp != self._stamp:  # another writer's since
+                    self._merge_from_disk(stamp)
+                durable.write_atomic(self.path, json.dumps(
+                    {"refused": self.refused, "accepted": sorted(self.accepted),
+                     "served": self.served}, indent=1).encode())
+                self._stamp = self.path.stat().st_mtime_ns
+        except OSError as err:  # a full or read-only disk: kept in memory, written later
+            self._unsaved = True
+            if str(err) != self._failing:
+                log.error("record_failed", path=str(self.path), error=str(err),
+                          reason="the gate's decisions stay in memory and serving goes on; "
+                                 "the write is tried again at each scan")
+            self._failing = str(err)
+            return
+        self._unsaved, self._unaccepted, self._served_changed = False, set(), False
+        if self._failing is not None:
+            log.info("record_recovered", path=str(self.path), error=self._failing)
+            self._failing = None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path``, held while its content is merged and written."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail(PROG, f"version {args.version} is not refused in {decisions.path}")
     decisions.accepted.update(keys)
     decisions.save()
+    if decisions._unsaved:
+        cli.fail(PROG, f"cannot write {decisions.path}: {decisions._failing}")
     log.warning("refusal_overridden", step=args.version, path=str(decisions.path),
                 reason="accepted by an operator")
     return 0

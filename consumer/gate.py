@@ -59,7 +59,7 @@ class Gate:
 
     def refuse(self, identity: tuple, step: int, reason: str) -> None:
         self.decisions.refused[identity_key(identity)] = {"step": step, "reason": reason}
-        self.decisions.accepted.discard(identity_key(identity))
+        self.decisions.unaccept(identity_key(identity))
         self.decisions.save()
 
     def served(self, ready: Loaded) -> None:
@@ -68,8 +68,8 @@ class Gate:
         spec = getattr(ready, "gate_data", None)
         if spec is None or not ready.metrics or "loss" not in ready.metrics:
             return
-        self.decisions.served = {"step": ready.version.step, "path": str(ready.version.path),
-                                 "loss": ready.metrics["loss"], "dataset": json.loads(spec)}
+        self.decisions.set_served({"step": ready.version.step, "path": str(ready.version.path),
+                                   "loss": ready.metrics["loss"], "dataset": json.loads(spec)})
         self.decisions.save()
 
     # -- the check --------------------------------------------------------------------------------

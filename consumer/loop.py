@@ -4,10 +4,16 @@ the manager, as TF Serving's aspired-versions manager does.
 Each pass reads what is committed, and the policy (``latest(1)`` unless told otherwise) names
 the versions it wants, newest first. Each one not loaded yet is loaded and, in serve mode,
 passes the promotion gate before the manager makes it available: only then can it answer. A
-version that fails to load, or that the gate refuses, is logged and never tried again (unless it
-is written anew), and what was available stays available. Versions the policy no longer wants
-are unloaded once one it wants is available: a model never goes dark because its newest version
-is broken, or because its files were deleted.
+version the gate refuses is never tried again (unless it is written anew). A version that fails
+to load is tried again with back-off, a bounded number of times (TF Serving's
+``--max_num_load_retries`` and ``--load_retry_interval_micros``), and again whenever its files
+change; one still being copied in is tried once its files stop changing. What was available
+stays available throughout. Versions the policy no longer wants are unloaded once one it wants
+is available: a model never goes dark because its newest version is broken, or because its
+files were deleted.
+
+The loop is its own supervisor: an unexpected error in a pass is logged with its cause and the
+pass is run again after a back-off; it never ends the loop, and never takes a version away.
 
 Whenever the latest version changes, it is evaluated or trained on (evaluate and train modes).
 """
@@ -23,6 +29,7 @@ from typing import Callable, Protocol
 
 from consumer import gate, loader
 from consumer.manager import Manager
+from consumer.retries import FINAL, STILL_WRITTEN, LoadRetries
 from consumer.source import VersionSource
 from consumer.work import Worker
 from shared import commit, layout, logs
@@ -30,7 +37,7 @@ from shared import commit, layout, logs
 log = logs.get("consumer")
 
 Policy = Callable[[list[layout.Version]], list[layout.Version]]  # wanted versions, newest first
-SETTLE_SECONDS = 2.0  # a base-path version written this recently may still be being copied in
+PASS_BACKOFF = (0.5, 30.0)  # seconds before a failed pass runs again: first, and at most
 
 
 def latest(count: int = 1) -> Policy:
@@ -53,6 +60,8 @@ class Config:
     max_publish_failures: int = 3  # train mode: in a row, then the loop gives up
     regression_floor: float = gate.REGRESSION_FLOOR  # serve mode: see consumer.gate
     gate_dataset: dict | None = None  # serve mode: the data every candidate is scored on
+    load_retries: int = 0  # a failed load is tried again this many times (model_server: 5)...
+    load_retry_interval: float = 60.0  # ...this many seconds apart (consumer.retries)
 
 
 @dataclass
@@ -98,13 +107,17 @@ class Consumer:
         self.stop = stop
         self.source = VersionSource(config.export_dir, config.source, poll=config.poll,
                                     rescan=config.rescan)
-        config.work_dir.mkdir(parents=True, exist_ok=True)  # once, not per evaluation
+        try:
+            config.work_dir.mkdir(parents=True, exist_ok=True)  # once, not per evaluation
+        except OSError as err:  # a full or read-only disk: records fail, serving goes on
+            log.warning("record_failed", path=str(config.work_dir), error=str(err))
         self.manager = manager or Manager()
         self._owns_manager = manager is None
         self.events = events
         self.policy = policy or latest(1)
         self.prepare = prepare
-        self.refused: dict[tuple, str] = {}  # version identity -> why: never tried again
+        self.refused: dict[tuple, str] = {}  # version identity -> why the gate refused it
+        self.retries = LoadRetries(config.load_retries, config.load_retry_interval)
         serving = config.mode == loader.SERVE  # its decisions outlive the process
         self.gate = gate.Gate(config.work_dir if serving else None, config.max_regression,
                               config.regression_floor, config.gate_dataset)
@@ -124,27 +137,40 @@ class Consumer:
         gc.freeze()
         if self.config.mode == loader.TRAIN:  # it writes there, and holds the dir's lock
             self._clean_work_dir()
+        backoff = PASS_BACKOFF[0]
         try:
             while not self.stop.is_set() and self.stats.fatal is None:
-                listing = self.source.next_listing(self._has_work, self.stop)
-                if listing is None:
-                    break
-                before = self._latest_identity()
-                self._reconcile(listing)
-                if self._latest_identity() not in (before, None):
-                    self._work()
-                # A tf.Graph holds reference cycles, so a dropped or refused version would wait
-                # for a full collection that may not come for hundreds of loads. Collect here,
-                # after the work and off the handoff's path, so memory stays flat.
-                gc.collect()
-                if self._reached_until_step():
-                    break
+                try:
+                    if not self._pass():
+                        break
+                    backoff = PASS_BACKOFF[0]
+                except Exception as err:  # a defect or a condition nobody foresaw: this pass
+                    log.exception("loop_failed", path=str(self.config.export_dir),  # fails;
+                                  error=f"{type(err).__name__}: {err}"[:500],  # the loop goes
+                                  retry_in_seconds=backoff)  # on, the live version answers
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, PASS_BACKOFF[1])
         finally:
             self.source.close()
             self.worker.close()
             if self._owns_manager:
                 self.close_versions()
         return self.stats
+
+    def _pass(self) -> bool:
+        """One pass: wait for work, do it; False once the loop should end."""
+        listing = self.source.next_listing(self._has_work, self.stop)
+        if listing is None:
+            return False
+        before = self._latest_identity()
+        self._reconcile(listing)
+        if self._latest_identity() not in (before, None):
+            self._work()
+        # A tf.Graph holds reference cycles, so a dropped or refused version would wait for a
+        # full collection that may not come for hundreds of loads. Collect here, after the work
+        # and off the handoff's path, so memory stays flat.
+        gc.collect()
+        return not self._reached_until_step()
 
     def close_versions(self) -> None:
         """Close every version and its graph (the owner of the manager calls this at the end)."""
@@ -158,14 +184,20 @@ class Consumer:
     def wanted(self, listing: list[layout.Version]) -> list[layout.Version]:
         """What the policy asks for among the versions not refused, newest first."""
         return self.policy([v for v in listing if v.identity not in self.refused
-                            and not self.gate.is_refused(v.identity)])
+                            and not self.gate.is_refused(v.identity)
+                            and not self.retries.blocked(v)])
 
     def _has_work(self, listing: list[layout.Version]) -> bool:
         if self.gate.decisions.reload():  # an operator accepted a refused version
             for identity in [i for i in self.refused if self.gate.is_accepted(i)]:
                 del self.refused[identity]
+        listed = {v.identity for v in listing}
+        self.retries.forget_all_but(listed)
         wanted = self.wanted(listing)
-        self._warn_if_live_is_gone({v.identity for v in listing})
+        self._warn_if_live_is_gone(listed)
+        look = self.retries.next_look()
+        if look is not None:  # a back-off ends, or a copy may have settled: look again then
+            self.source.wake_at(look)
         return bool(self._to_load(wanted) or self._to_unload(wanted))
 
     def _to_load(self, wanted: list[layout.Version]) -> list[layout.Version]:
@@ -183,7 +215,12 @@ class Consumer:
         for version in self._to_load(self.wanted(listing)):
             if self.stop.is_set() or self.stats.fatal is not None:
                 return
-            self._load(version)
+            try:
+                self._load(version)
+            except Exception as err:  # anything a version can make go wrong: it alone fails
+                log.exception("load_crashed", step=version.step, path=str(version.path),
+                              error=f"{type(err).__name__}: {err}"[:500])
+                self._load_failed(version, f"{type(err).__name__}: {err}"[:500], None)
         listed = {v.identity for v in listing}
         for step in self._to_unload(self.wanted(listing)):
             gone = self.manager.get(step).version.identity not in listed
@@ -212,6 +249,7 @@ class Consumer:
         except loader.LoadError as err:
             self._load_failed(version, str(err), stamp)
             return False
+        self.retries.succeeded(version)
         if self.config.mode == loader.SERVE:
             reason = self._gate(ready, live)
             if reason is not None:
@@ -254,21 +292,41 @@ class Consumer:
         except gate.Refused as refused:
             if not self.gate.is_accepted(ready.version.identity):
                 return str(refused)
+        except Exception as err:  # its warm-up broke a limit (a MemoryError): the version's
+            if not self.gate.is_accepted(ready.version.identity):  # fault, not the server's
+                return f"its warm-up failed: {type(err).__name__}: {err}"[:500]
         newer = live is None or ready.version.step > live.version.step
         return self.gate.check(ready, live if newer else None)
 
     def _load_failed(self, version: layout.Version, error: str, stamp: tuple | None) -> None:
-        deleted = not version.still_committed()
-        # A version copied into a base path in place may have been caught mid-copy: if its files
-        # moved while it loaded, or were written in the last SETTLE_SECONDS, it is tried again
-        # at the next scan rather than refused.
-        now = layout.tree_stamp(version.path) if stamp is not None and not deleted else None
-        moving = now is not None and (now != stamp or time.time() - now[2] < SETTLE_SECONDS)
-        if not (deleted or moving):  # a vanished version is superseded; a broken one skipped
+        """A failed load: a vanished version is superseded, one still being copied in is tried
+        once its files settle, a broken one again after a back-off (``consumer.retries``)."""
+        try:
+            deleted = not version.still_committed()
+        except OSError:  # the listing cannot be read now: the version is taken as still there
+            deleted = False
+        self.stats.failed.append(str(version.path))
+        if deleted:
+            if self.events is not None:  # its status must not stay LOADING
+                self.events.refused(version.step, "its files were deleted while it loaded",
+                                    "deleted")
+            log.warning("load_failed", step=version.step, path=str(version.path), error=error,
+                        deleted_while_loading=True)
+            return
+        outcome = self.retries.failed(version, stamp)
+        if outcome.kind == STILL_WRITTEN:
+            if outcome.first:
+                log.info("version_incomplete", step=version.step, path=str(version.path),
+                         error=error, reason="its files are still being written; it is tried "
+                                             "again once they stop changing")
+            return
+        if outcome.kind == FINAL:
             self._refuse(version, error, "load_failed")  # before the event: a reader of the
-        self.stats.failed.append(str(version.path))      # event finds the status it says
-        log.warning("load_failed", step=version.step, path=str(version.path), error=error,
-                    deleted_while_loading=deleted, **({"still_written": True} if moving else {}))
+        log.warning("load_failed", step=version.step, path=str(version.path),  # event finds
+                    error=error, deleted_while_loading=False,  # the status it says
+                    attempt=outcome.attempt,
+                    retries=self.config.load_retries, final=outcome.kind == FINAL,
+                    retry_in_seconds=outcome.retry_in)
 
     def _promotion_refused(self, ready: loader.Loaded, live: loader.Loaded | None,
                            reason: str) -> None:
@@ -283,9 +341,12 @@ class Consumer:
                     **(ready.metrics or {}))
 
     def _refuse(self, version: layout.Version, reason: str, cause: str) -> None:
-        self.refused[version.identity] = reason
-        if self.config.mode == loader.SERVE:
-            self.gate.refuse(version.identity, version.step, reason)
+        """Refuse ``version``: the gate's refusals for good (kept in gate.json), a load out of
+        retries until its files change (``self.retries`` keeps it out)."""
+        if cause == "promotion_refused":
+            self.refused[version.identity] = reason
+            if self.config.mode == loader.SERVE:
+                self.gate.refuse(version.identity, version.step, reason)
         if self.events is not None:
             self.events.refused(version.step, reason, cause)
         until = self.config.until_step

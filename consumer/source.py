@@ -71,6 +71,17 @@ class _WakeOnCommit(FileSystemEventHandler):
                 return
 
 
+_inotify_lock = threading.Lock()
+
+
+def _shared_inotify() -> InotifyFD:
+    """The process's one inotify instance, for every model's source: the kernel allows each user
+    128 instances (``fs.inotify.max_user_instances``), and a server of many models must not
+    run out. OSError if the kernel refuses it (the caller polls instead)."""
+    with _inotify_lock:
+        return InotifyFD.get_instance()
+
+
 class _Watches:
     """watchdog's emitters without its observer. An observer passes each event from its
     emitter's thread to a dispatcher thread that calls the handler; here the emitter's thread
@@ -80,11 +91,11 @@ class _Watches:
     emitter's stays, as watchdog has it."""
 
     def __init__(self, handler: _WakeOnCommit, poll: float | None) -> None:
+        """With ``poll`` None, inotify (the process's shared instance): OSError if the kernel
+        refuses it."""
         self.handler, self.poll = handler, poll
         self.kind = "PollingEmitter" if poll else "InotifyEmitter"
-        self._fd = None if poll else InotifyFD()  # this source's own inotify instance
-        if self._fd is not None:
-            self._fd.start()
+        self._fd = None if poll else _shared_inotify()
         self._emitters: list = []
 
     def put(self, item: tuple) -> None:
@@ -103,13 +114,11 @@ class _Watches:
         self._emitters.append(emitter)
 
     def stop(self) -> None:
+        """Stop this source's emitters (their watches leave the shared inotify instance)."""
         for emitter in self._emitters:
             emitter.stop()
         for emitter in self._emitters:
             emitter.join(timeout=5)
-        if self._fd is not None:
-            self._fd.stop()
-            self._fd.join(timeout=5)
 
 
 class VersionSource:
@@ -128,7 +137,10 @@ class VersionSource:
         self._observer = None
         self._watching: dict[Path, int] = {}  # directory -> the inode its watch was armed on
         self._lost: queue.SimpleQueue = queue.SimpleQueue()  # filled by the observer thread
-        self._last_watch_error = ""  # logged once, not at every retry
+        self._polling_since: str | None = None  # why inotify was refused: this source polls
+        self._listing_error: str | None = None  # the listing's error, logged when it starts
+        self._emptiness: str | None = None  # "missing", "empty" or "versions", as last logged
+        self._wake_at: float | None = None  # monotonic time a back-off ends: look again then
         self.scans = 0  # how often the directory was read: an idle source barely reads it
         self.woken = 0  # of those, how many a filesystem event (or ``wake``) asked for
 
@@ -154,8 +166,7 @@ class VersionSource:
         if self._observer is None:
             if inodes[self.root] is None:
                 return False
-            self._observer = _Watches(_WakeOnCommit(self.root, self.kind, self._wake,
-                                                    self._lost), self.poll)
+            self._observer = self._watches()
             log.info("watching", path=str(self.root), kind=self.kind,
                      observer=self._observer.kind, rescan_seconds=self.rescan)
         added = False
@@ -164,32 +175,94 @@ class VersionSource:
                 try:
                     self._observer.schedule(path)
                 except OSError as err:
-                    # Gone since its stat (deleted mid-arm), or inotify's watch limit: drop the
-                    # observer, so the next scan comes after MISSING_DIR_POLL and tries again.
-                    if not isinstance(err, FileNotFoundError) and \
-                            str(err) != self._last_watch_error:
-                        log.warning("watch_failed", path=str(path), error=str(err))
-                    self._last_watch_error = str(err)
+                    # Gone since its stat (deleted mid-arm): drop the observer, so the next scan
+                    # comes after MISSING_DIR_POLL and tries again. Refused by the kernel
+                    # (inotify's watch limit): this source polls from now on, and says so.
+                    if not isinstance(err, FileNotFoundError):
+                        self._fall_back_to_polling(f"inotify refused a watch on {path}: {err}")
                     self.close()
                     return False
                 self._watching[path] = inode
                 added = True
         return added
 
+    def _watches(self) -> _Watches:
+        handler = _WakeOnCommit(self.root, self.kind, self._wake, self._lost)
+        if not self.poll and self._polling_since is None:
+            try:
+                return _Watches(handler, None)
+            except OSError as err:  # the per-user instance limit, or no inotify at all
+                self._fall_back_to_polling(f"inotify refused: {err}")
+        return _Watches(handler, self.poll or self._fallback_poll())
+
+    def _fallback_poll(self) -> float:
+        return min(self.rescan, 1.0)
+
+    def _fall_back_to_polling(self, why: str) -> None:
+        if self._polling_since is None:
+            self._polling_since = why
+            log.warning("watch_fallback_polling", path=str(self.root), reason=why,
+                        poll_seconds=self._fallback_poll())
+
     def next_listing(self, work: Callable[[list[layout.Version]], bool],
                      stop: threading.Event) -> list[layout.Version] | None:
         """Block until the committed versions (oldest first) are a listing ``work`` has work
-        in, and return it; None once ``stop`` is set."""
+        in, and return it; None once ``stop`` is set. A listing that cannot be read is a
+        condition, not an end: logged when it starts and when it clears, and read again at the
+        next poll, while what was loaded stays."""
         while not stop.is_set():
             self._wake.clear()  # before the scan: a commit during the scan wakes the next wait
-            self._arm()
-            listing = layout.versions(self.root, self.kind)
+            listing = self._read()
             self.scans += 1  # counted once done: a test can tell what the scan could have seen
-            if work(listing):
+            if listing is not None and work(listing):
                 return listing
-            if self._wait(self.rescan if self._observer else MISSING_DIR_POLL, stop):
+            if self._wait(self._wait_seconds(listing is None), stop):
                 self.woken += 1
         return None
+
+    def _read(self) -> list[layout.Version] | None:
+        """The listing, or None while it cannot be read (logged once per cause)."""
+        try:
+            self._arm()
+            listing = layout.versions(self.root, self.kind)
+        except OSError as err:
+            error = f"{type(err).__name__}: {err}"
+            if error != self._listing_error:
+                log.error("filesystem_error", path=str(self.root), error=error,
+                          reason="what is loaded stays; the path is read again at each poll")
+            self._listing_error = error
+            return None
+        if self._listing_error is not None:
+            log.info("filesystem_recovered", path=str(self.root), error=self._listing_error)
+            self._listing_error = None
+        self._note_emptiness(listing)
+        return listing
+
+    def _note_emptiness(self, listing: list[layout.Version]) -> None:
+        """Say when the path is missing or holds no version, and when that changes: a server
+        that answers 503 must say why in its log."""
+        state = "versions" if listing else ("empty" if _inode(self.root) else "missing")
+        if state == self._emptiness:
+            return
+        if state != "versions":
+            log.warning("no_versions", path=str(self.root), kind=self.kind, state=state,
+                        reason="the path does not exist" if state == "missing" else
+                        "no version is committed there")
+        elif self._emptiness is not None:
+            log.info("versions_found", path=str(self.root), versions=len(listing))
+        self._emptiness = state
+
+    def _wait_seconds(self, failed: bool) -> float:
+        seconds = self.rescan if self._observer and not failed else \
+            (min(self.rescan, 1.0) if failed else MISSING_DIR_POLL)
+        if self._wake_at is not None:
+            seconds = max(0.0, min(seconds, self._wake_at - time.monotonic()))
+            self._wake_at = None
+        return seconds
+
+    def wake_at(self, when: float) -> None:
+        """Look again at ``when`` (monotonic) at the latest: a back-off ends then."""
+        self._wake_at = when if self._wake_at is None else min(self._wake_at, when)
 
     def next_version(self, wanted: Callable[[layout.Version], bool],
                      stop: threading.Event) -> layout.Version | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,10 +50,16 @@ CHECKPOINT_FILE = re.compile(
     r"^(model\.ckpt-[0-9]+)(\.index|\.meta|\.data-[0-9]{5}-of-[0-9]{5})(\.tmp[0-9a-f]+)?\Z")
 _DATA_SHARD = re.compile(r"\.data-([0-9]{5})-of-([0-9]{5})\Z")
 _VERSION_DIR = re.compile(r"[0-9]+\Z")  # \Z: "$" would let a trailing newline through
+MAX_VERSION = 2**63 - 1  # an int64, as TF Serving's safe_strto64 reads a version's name
 
 
 class LayoutError(Exception):
     """The export directory cannot be used as asked (a file, unwritable, another model's)."""
+
+
+class ListingError(OSError):
+    """A directory that holds versions could not be read (EACCES, ELOOP, EMFILE, EIO, ESTALE):
+    what is committed there is unknown for now, which is not the same as nothing."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class Version:
         clock (here 3-7 ms early), so ctime is only the fallback, for writers that record none."""
         if self.recorded_at is not None:
             return self.recorded_at
-        if self.kind == "savedmodel":
+        if self.kind == "savedmodel" and (self.path / COMMIT_FILE).is_file():  # never a FIFO
             try:
                 return float(json.loads((self.path / COMMIT_FILE).read_text())["committed_at"])
             except (OSError, ValueError, KeyError, TypeError):
@@ -105,6 +112,13 @@ class Version:
 # -- paths -------------------------------------------------------------------------------------
 
 
+def uri_scheme(path: str) -> str | None:
+    """The URI scheme of a path given as text (``gs``, ``s3``, ``hdfs``...), or None for a local
+    path: readers here read local paths only."""
+    head, sep, _ = str(path).partition("://")
+    return head if sep and head.isidentifier() else None
+
+
 def checkpoints_dir(root: Path) -> Path:
     return Path(root) / CHECKPOINTS
 
@@ -134,14 +148,28 @@ def savedmodel_path(root: Path, step: int) -> Path:
 
 
 def is_version_name(name: str) -> bool:
-    """Whether ``name`` is a SavedModel version's: ASCII digits only."""
-    return _VERSION_DIR.match(name) is not None
+    """Whether ``name`` is a SavedModel version's: ASCII digits only, within an int64 (a longer
+    number is skipped, as TF Serving skips what ``safe_strto64`` cannot read)."""
+    return _VERSION_DIR.match(name) is not None and int(name) <= MAX_VERSION
+
+
+def _scan(directory: Path) -> list[os.DirEntry]:
+    """The entries of a directory that holds versions; [] if it does not exist. Any other error
+    is a ``ListingError``: the caller keeps what it had and looks again later."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as err:
+        raise ListingError(err.errno, f"cannot list {directory}: {err.strerror or err}") \
+            from None
 
 
 def checkpoint_step(name: str) -> int | None:
     """The global step in a checkpoint name such as ``model.ckpt-120``, or None."""
     match = _CHECKPOINT_NAME.match(os.path.basename(name))  # not Path: it runs per scan
-    return int(match.group(1)) if match else None
+    return int(match.group(1)) if match and int(match.group(1)) <= MAX_VERSION else None
 
 
 # -- reading what is committed -----------------------------------------------------------------
@@ -170,15 +198,11 @@ def latest_checkpoint(root: Path) -> Version | None:
 def savedmodel_versions(root: Path) -> list[Version]:
     """Committed SavedModels, oldest first. Staging directories are never listed."""
     versions = []
-    try:
-        entries = list(os.scandir(savedmodels_dir(root)))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    for entry in entries:
+    for entry in _scan(savedmodels_dir(root)):
         if is_version_name(entry.name) and entry.is_dir(follow_symlinks=False):
             try:
                 ctime = entry.stat(follow_symlinks=False).st_ctime
-            except FileNotFoundError:  # removed by retention since the listing
+            except OSError:  # removed by retention since the listing, or unreadable
                 continue
             versions.append(Version("savedmodel", int(entry.name), Path(entry.path), ctime))
     return sorted(versions, key=lambda v: v.step)
@@ -208,16 +232,12 @@ def base_versions(base: Path) -> list[Version]:
     As in TF Serving, leading zeros are allowed (``00000123`` is version 123) and, of two names
     for one number, the one that sorts last wins. Nothing here is staged: a writer that copies a
     version in place may be caught mid-copy, and its load fail (see ``tree_stamp``)."""
-    try:
-        entries = sorted(os.scandir(base), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
     found: dict[int, Version] = {}
-    for entry in entries:
+    for entry in sorted(_scan(base), key=lambda e: e.name):
         if is_version_name(entry.name) and entry.is_dir(follow_symlinks=False):
             try:
                 ctime = entry.stat(follow_symlinks=False).st_ctime
-            except FileNotFoundError:
+            except OSError:
                 continue
             step = int(entry.name)
             found[step] = Version("savedmodel", step, Path(entry.path), ctime, in_base=True)
@@ -251,16 +271,23 @@ def is_commit_path(root: Path, path: str | os.PathLike, kind: str = "savedmodel"
 
 
 def tree_stamp(path: Path) -> tuple[int, int, float]:
-    """(files, bytes, newest mtime) of everything below ``path``: a version whose stamp moved
-    while it failed to load was still being written, not broken."""
+    """(files, bytes, newest change) of everything below ``path``: a version whose stamp moved
+    while it failed to load was still being written, not broken. The change time is the newest
+    of each file's mtime and ctime and each directory's ctime: a copy that keeps mtimes
+    (``cp -a``, ``rsync -a``) still sets every ctime to when it wrote the file."""
     files, size, newest = 0, 0, 0.0
     for dirpath, _, filenames in os.walk(path):
+        try:  # a directory made (or emptied) just now is a copy in progress too
+            newest = max(newest, os.stat(dirpath, follow_symlinks=False).st_ctime)
+        except OSError:
+            pass
         for name in filenames:
             try:
-                stat = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                info = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
             except OSError:
                 continue
-            files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime)
+            files, size = files + 1, size + info.st_size
+            newest = max(newest, info.st_mtime, info.st_ctime)
     return files, size, newest
 
 
@@ -276,10 +303,8 @@ def check_confined(version: Version) -> None:
         prefix = version.path.name + "."
         with os.scandir(version.path.parent) as entries:
             for entry in entries:
-                if entry.name.startswith(prefix) and CHECKPOINT_FILE.match(entry.name) and \
-                        entry.is_symlink():
-                    raise LayoutError(f"{entry.path} is a symlink; a version's files must be "
-                                      "its own")
+                if entry.name.startswith(prefix) and CHECKPOINT_FILE.match(entry.name):
+                    _check_entry(entry)
     root = os.path.realpath(version.root)
     parent = os.path.realpath(version.path.parent)
     if os.path.commonpath((root, parent)) != root:
@@ -289,10 +314,31 @@ def check_confined(version: Version) -> None:
 def _check_tree(path: Path) -> None:
     with os.scandir(path) as entries:
         for entry in entries:
-            if entry.is_symlink():
-                raise LayoutError(f"{entry.path} is a symlink; a version's files must be its own")
+            _check_entry(entry)
             if entry.is_dir(follow_symlinks=False):
                 _check_tree(Path(entry.path))
+
+
+def _check_entry(entry: os.DirEntry) -> None:
+    """A version's entry is a regular file or a directory of its own: a symlink could point
+    anywhere, and a FIFO, socket or device would block or mislead the reader that opens it."""
+    if entry.is_symlink():
+        raise LayoutError(f"{entry.path} is a symlink; a version's files must be its own")
+    if not (entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)):
+        kind = _special_kind(entry.path)
+        raise LayoutError(f"{entry.path} is {kind}, not a regular file; it is not read")
+
+
+def _special_kind(path: str) -> str:
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except OSError:
+        return "gone"
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def checkpoint_is_complete(prefix: Path) -> bool:

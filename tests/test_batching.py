@@ -124,6 +124,8 @@ def test_a_full_queue_answers_503_at_once(tmp_path):
     ("max_batch_size { value: 8 }\nallowed_batch_sizes: 8\nallowed_batch_sizes: 4\n",
      "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4"),
     ("max_batch_size: 8\n", "Invalid protobuf file"),
+    # each batch thread is real: 100,000 of them was "can't start new thread", exit 1
+    ("num_batch_threads { value: 100000 }\n", "num_batch_threads 100000 is over the limit"),
 ])
 def test_bad_batching_parameters_exit_2_with_one_line(tmp_path, text, message):
     (tmp_path / "b.config").write_text(text)

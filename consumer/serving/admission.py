@@ -1,5 +1,20 @@
 """Admission: which requests the server takes on, both protocols together, before any work is
-spent on them."""
+spent on them.
+
+Requests are shed by how long they wait, not by how many there are, so that every client TF
+Serving would queue and answer within its timeout is answered here too: 64 concurrent REST
+clients got 877 503s in 2,000 requests under the old count of 32 in flight, though each would
+have waited a few ms. The REST queue (``consumer.serving.workers``) refuses a request that has
+waited ``max_wait`` (half the REST timeout: the other half is left for its run), and while its
+queue stands that long, every new one at once.
+
+What is left here is ``--max_inflight_requests``: the most requests *running* at once, both
+protocols together (queued ones do not count, nor does a REST request before its body is read).
+One past it waits for a place, at most ``max_wait``, then gets 503 / UNAVAILABLE. With the
+default thread pools (2 REST, 4 gRPC) 32 is never reached; it bounds the model's concurrency
+when the pools are made larger. With batching, the batch queue's own bounds do this, and
+there is none here.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +22,45 @@ import threading
 
 from consumer.serving.errors import ServingError
 
+DEFAULT_MAX_WAIT = 15.0  # seconds: half TF Serving's default REST timeout, 30 s
+QUEUE_SHARE = 0.5  # of the REST timeout, the most a request may spend waiting to run
+
+
+def queue_bound(rest_timeout: float | None) -> float:
+    """The most a request may wait to run, from ``--rest_api_timeout_in_ms`` (in seconds; None:
+    no timeout, where TF Serving would queue it for good and we take the default's bound)."""
+    return DEFAULT_MAX_WAIT if rest_timeout is None else rest_timeout * QUEUE_SHARE
+
 
 class Admission:
-    """A bound on the requests in flight, both protocols together: past it a request is
-    answered UNAVAILABLE (503) at once, rather than queued for seconds. With batching on, the
-    batch queue's own bound (``max_enqueued_batches``) does this, and there is none here."""
+    """Places for the requests running at once (see the module's docstring)."""
 
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self._in_flight = 0
-        self._lock = threading.Lock()
+    def __init__(self, limit: int | None, max_wait: float = DEFAULT_MAX_WAIT) -> None:
+        """``limit``: --max_inflight_requests, or None for no bound; ``max_wait``: the longest a
+        request waits for a place (the REST front sets it from its timeout)."""
+        self.limit, self.max_wait = limit, max_wait
+        self._running = 0
+        self._free = threading.Condition()
 
-    def enter(self) -> None:
+    def enter(self, timeout: float | None = None) -> None:
+        """Take a place, waiting for one at most ``timeout`` seconds (``max_wait`` if None);
+        UNAVAILABLE if none came free."""
         if self.limit is None:
             return
-        with self._lock:
-            if self._in_flight >= self.limit:
-                raise ServingError("UNAVAILABLE", f"the server has {self.limit} requests in "
-                                                  "flight, its limit (--max_inflight_requests): "
-                                                  "try again")
-            self._in_flight += 1
+        wait = self.max_wait if timeout is None else max(0.0, timeout)
+        with self._free:
+            if not self._free.wait_for(self._has_room, wait):
+                raise ServingError("UNAVAILABLE", f"{self.limit} requests are running, the limit "
+                                                  "of --max_inflight_requests, and none ended "
+                                                  f"within {wait * 1000:.0f} ms: try again")
+            self._running += 1
 
     def leave(self) -> None:
         if self.limit is None:
             return
-        with self._lock:
-            self._in_flight -= 1
+        with self._free:
+            self._running -= 1
+            self._free.notify()
+
+    def _has_room(self) -> bool:
+        return self._running < self.limit

@@ -32,6 +32,9 @@ from consumer.serving import inference
 from consumer.serving.errors import ServingError, invalid
 
 
+MAX_BATCH_THREADS = 256  # threads a batching parameters file may ask for (each one is real)
+
+
 @dataclass(frozen=True)
 class Parameters:
     """TF Serving's BatchingParameters, with its defaults for the fields left out."""
@@ -90,6 +93,9 @@ def parse_parameters(text: str, where: str) -> Parameters:
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(parameters, name) < 1:
             raise ValueError(f"{where}: {name} must be at least 1")
+    if parameters.num_batch_threads > MAX_BATCH_THREADS:  # each is a thread: checked first
+        raise ValueError(f"{where}: num_batch_threads {parameters.num_batch_threads} is over "
+                         f"the limit of {MAX_BATCH_THREADS}")
     sizes = parameters.allowed_batch_sizes
     if sizes and sizes[-1] != parameters.max_batch_size:
         raise ValueError(f"Last entry in allowed_batch_sizes must match max_batch_size; last "

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from consumer.serving import inference
-from consumer.serving.errors import invalid, not_found
+from consumer.manager import Servable
+from consumer.serving.errors import not_found
 from consumer.serving.models import Models, VersionState
-from consumer.signatures import Signature, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -68,32 +68,26 @@ class Calls:
         with self.models.handle(target.model, target.version, target.label) as servable:
             return Answer(dict(servable.loaded.signatures), servable.step, "")
 
-    def signatures(self, target: Target) -> dict[str, Signature]:
-        """The signatures of the version a request names (none is held afterwards)."""
-        with self.models.handle(target.model, target.version, target.label) as servable:
-            return dict(servable.loaded.signatures)
-
-    def input_specs(self, target: Target, signature_name: str) -> dict[str, TensorSpec]:
-        """The inputs of the signature a request names, to parse its body by; no version is
-        held meanwhile (a long parse must not keep an old version from closing)."""
-        servable = self.models.acquire(target.model, target.version, target.label)
-        signature = servable.loaded.signatures.get(inference.signature_key(signature_name))
-        servable.release()
-        if signature is None:
-            raise invalid(f'Serving signature name: '
-                                    f'"{inference.signature_key(signature_name)}" not found in '
-                                    'signature def')
-        return signature.inputs
+    def acquire(self, target: Target) -> Servable:
+        """The version a request names, held until its ``release``: the REST front holds it
+        from the parse of a body to its run, so both see the same version (a swap between
+        them could change an input's dtype under the request)."""
+        return self.models.acquire(target.model, target.version, target.label)
 
     def predict(self, target: Target, signature_name: str, inputs: dict[str, np.ndarray],
                 output_filter: tuple[str, ...] = ()) -> Answer:
-        servable = self.models.acquire(target.model, target.version, target.label)
+        servable = self.acquire(target)
         try:  # a predict is the hot path: no context manager's generator around it
-            outputs = inference.predict(servable.loaded, signature_name, inputs, output_filter,
-                                        self.runner)
-            return Answer(outputs, servable.step, inference.signature_key(signature_name))
+            return self.predict_on(servable, signature_name, inputs, output_filter)
         finally:
             servable.release()
+
+    def predict_on(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
+                   output_filter: tuple[str, ...] = ()) -> Answer:
+        """``predict`` on a version the caller holds (``acquire``)."""
+        outputs = inference.predict(servable.loaded, signature_name, inputs, output_filter,
+                                    self.runner)
+        return Answer(outputs, servable.step, inference.signature_key(signature_name))
 
     def classify(self, target: Target, signature_name: str, examples: np.ndarray) -> Answer:
         with self.models.handle(target.model, target.version, target.label) as servable:

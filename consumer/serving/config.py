@@ -24,6 +24,7 @@ from google.protobuf import text_format
 
 from consumer.loop import Policy, latest
 from consumer.serving.models import ModelSpec
+from shared import layout
 
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
@@ -92,6 +93,10 @@ def _check(config) -> None:
     if config.model_platform != "tensorflow":
         raise ConfigError(f"Model {config.name} requests unsupported platform "
                           f"{config.model_platform}")
+    scheme = layout.uri_scheme(config.base_path)
+    if scheme:
+        raise ConfigError(f"model {config.name}: base_path {config.base_path} is on {scheme}://, "
+                          "which this server cannot read yet: give a local absolute path")
     if not Path(config.base_path).is_absolute():
         raise ConfigError(f"Expected model {config.name} to have an absolute path or URI; got "
                           f"base_path()={config.base_path}")

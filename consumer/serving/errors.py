@@ -6,6 +6,8 @@ REST through ``http_server.cc``'s table, gRPC by the same name (TF's codes are g
 
 from __future__ import annotations
 
+import re
+
 # TF Serving's HTTP status for each canonical code (model_servers/http_server.cc).
 HTTP_STATUS = {
     "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
@@ -25,10 +27,16 @@ CODE_NAMES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "
 
 
 class ServingError(Exception):
-    """A request's own failure: a canonical code (``INVALID_ARGUMENT``...) and its message."""
+    """A request's own failure: a canonical code (``INVALID_ARGUMENT``...) and its message.
+
+    The message is always text both fronts can send: a client's bytes quoted in it that are not
+    UTF-8 (kept by the JSON parser as surrogate escapes) are written ``\\xff``, as Python writes
+    bytes, so a REST body stays valid UTF-8 JSON and gRPC can encode its details. TF Serving
+    echoes them raw (``json_tensor.cc``, ``MakeJsonFromStatus``), which makes its body invalid."""
 
     def __init__(self, code: str, message: str) -> None:
         assert code in HTTP_STATUS, code
+        message = printable(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -49,10 +57,43 @@ def not_found(message: str) -> ServingError:
     return ServingError("NOT_FOUND", message)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every surrogate written out: a byte that was not UTF-8 (``\\udcff``, as
+    ``surrogateescape`` keeps it) as ``\\xff``, any other as ``\\ud800``. Text without one is
+    returned as it is (the common case costs one search)."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(_written, text)
+
+
+def _written(match: re.Match) -> str:
+    point = ord(match.group())
+    return f"\\x{point - 0xDC00:02x}" if 0xDC80 <= point <= 0xDCFF else f"\\u{point:04x}"
+
+
 def from_tf(error) -> ServingError:
-    """A ``tf.errors.OpError`` from ``Session.run`` as TF Serving passes it on: same code, and
-    the message without TF's node annotations (``[[{{node x}}]]``), on one line."""
-    lines = [line for line in str(error.message).strip().splitlines()
-             if line.strip() and not line.strip().startswith("[[")]
-    return ServingError(CODE_NAMES.get(error.error_code, "UNKNOWN"),
-                        " ".join(line.strip() for line in lines)[:1024])
+    """A ``tf.errors.OpError`` from ``Session.run`` as TF Serving passes it on: same code and
+    message, newlines kept (a client's bytes quoted in it stay as they were sent), less TF's
+    trailing node annotations (``[[{{node x}}]]``)."""
+    return ServingError(CODE_NAMES.get(error.error_code, "UNKNOWN"), _without_nodes(error.message))
+
+
+def from_undecodable(error: UnicodeDecodeError) -> ServingError:
+    """A TF error whose message is not UTF-8, which TF's Python binding cannot raise: it raises
+    the ``UnicodeDecodeError`` instead, holding the message's bytes. TF quotes a request's own
+    bytes in such a message (``Could not parse example input, value: '...'`` for a malformed
+    ``tf.Example``, from ``example_proto_fast_parsing.cc``'s ``InvalidArgument``), so the request
+    is at fault: ``INVALID_ARGUMENT``, with the bytes that are not UTF-8 written ``\\xff``."""
+    raw = error.object if isinstance(error.object, bytes) else bytes(error.object)
+    return ServingError("INVALID_ARGUMENT",
+                        _without_nodes(raw.decode("utf-8", "surrogateescape")))
+
+
+def _without_nodes(message: str) -> str:
+    lines = str(message).rstrip().split("\n")
+    while len(lines) > 1 and lines[-1].strip().startswith("[["):
+        lines.pop()
+    return "\n".join(lines).rstrip()[:1024]

@@ -7,29 +7,45 @@ value is a scalar or a list: integers (and booleans) make an ``int64_list``, dec
 value gave it. The examples reach the model as serialized ``tf.Example`` protos, the context's
 bytes before each example's, as TF Serving's ``example_list_with_context`` does: an example's
 feature wins over the context's of the same name.
+
+The protos are written here, in protobuf's wire format, not built with TF's ``example_pb2``:
+this module runs in the parse process too (``consumer.serving.offload``), which never imports
+TensorFlow. ``example.proto`` and ``feature.proto`` are small and stable: an Example is field 1,
+Features; Features is field 1, a map of name to Feature; a Feature is field 1 (BytesList), 2
+(FloatList) or 3 (Int64List), each a field 1 of values, packed for floats and integers.
 """
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
+from consumer.serving import json_parse
 from consumer.serving.errors import invalid
 from consumer.serving.json_parse import Body, debug, json_type
 from consumer.serving.json_render import decimal_texts, json_string
 from consumer.serving.json_tensor import b64_decode, is_b64
-from shared.tfcompat import tf  # noqa: F401 - first: TensorFlow's environment, then its protos
-
-from tensorflow.core.example import example_pb2, feature_pb2  # noqa: E402
 
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", None: "UNKNOWN"}
+_KIND_FIELDS = {"bytes_list": 1, "float_list": 2, "int64_list": 3}  # Feature's oneof, by number
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def parse_examples(body: bytes, max_elements: int) -> tuple[str, np.ndarray]:
+    """(signature name, serialized examples) of a classify or regress body, in TF Serving's
+    order (``FillClassifyRegressRequestFromJson``): parse, signature name, context, examples.
+    Run here or in the parse process; the model is looked up afterwards, as TF Serving does."""
+    parsed = json_parse.parse(body, max_elements)
+    return json_parse.signature_name(parsed), serialized_examples(parsed)
 
 
 def serialized_examples(body: Body) -> np.ndarray:
     """The request's examples as a 1-D array of serialized ``tf.Example`` bytes."""
-    doc = body.doc
+    doc, keys = body.doc, {}
     context = b""
     if "context" in doc:
-        context = _example(doc["context"]).SerializeToString()
+        context = _example(doc["context"], keys)
     if "examples" not in doc:
         raise invalid(f"JSON Value: {debug(doc)} When method is classify, key 'examples' is "
                       "expected and was not found")
@@ -39,48 +55,97 @@ def serialized_examples(body: Body) -> np.ndarray:
     if not examples:
         raise invalid(f"JSON Value: {debug(doc)} 'examples' value is an empty array")
     serialized = np.empty(len(examples), dtype=object)
-    serialized[:] = [context + _example(example).SerializeToString() for example in examples]
+    serialized[:] = [context + _example(example, keys) for example in examples]
     return serialized
 
 
-def _example(value) -> example_pb2.Example:
+def _example(value, keys: dict[str, bytes]) -> bytes:
+    """One JSON object as a serialized ``tf.Example``; ``keys`` caches each feature name's
+    serialized map key (a body names the same few features in every example)."""
     if not isinstance(value, dict):
         raise invalid(f"Example must be JSON object but got JSON {json_type(value)}")
-    example = example_pb2.Example()
+    entries = []
     for name, content in value.items():
-        feature = feature_pb2.Feature()
-        for item in content if isinstance(content, list) else [content]:
-            _add(item, name, feature)
-        example.features.feature[name].CopyFrom(feature)
-    return example
+        key = keys.get(name)
+        if key is None:
+            key = keys[name] = _field(1, name.encode("utf-8", "surrogateescape"))
+        entries.append(_field(1, key + _field(2, _feature(name, content))))
+    return _field(1, b"".join(entries)) if entries else b""  # no feature: an empty Example
 
 
-def _add(value, name: str, feature: feature_pb2.Feature) -> None:
+# A feature of one float: Feature field 2 (FloatList, 6 bytes), its field 1 (packed, 4 bytes).
+_ONE_FLOAT, _FLOAT32 = b"\x12\x06\n\x04", struct.Struct("<f")
+
+
+def _feature(name: str, content) -> bytes:
+    """A feature's value or values as a serialized ``Feature`` of the kind its first value
+    gives."""
+    if type(content) is float and abs(content) <= _FLOAT32_MAX:  # the common case, at once
+        return _ONE_FLOAT + _FLOAT32.pack(content)
+    values = content if isinstance(content, list) else [content]
+    kind = None
+    for value in values:
+        kind = _kind(value, name, kind)
+    if kind is None:
+        return b""
+    if kind == "bytes_list":
+        payload = b"".join(_field(1, _bytes(value)) for value in values)
+    elif kind == "float_list":
+        payload = _field(1, _floats(values))
+    else:
+        payload = _field(1, b"".join(_varint(int(value) & 0xFFFFFFFFFFFFFFFF) for value in values))
+    return _field(_KIND_FIELDS[kind], payload)
+
+
+def _kind(value, name: str, kind: str | None) -> str:
+    """The list ``value`` goes in, checked as TF Serving's ``AddValueToFeature`` checks it."""
     if value is None or isinstance(value, list) or (isinstance(value, dict) and not is_b64(value)):
         raise invalid(f"Feature: {name} has element with unexpected JSON type: {json_type(value)}")
     if isinstance(value, int) and not -2**63 <= value < 2**64:
         value = float(value)  # past 64 bits, TF Serving's parser reads the token as a double
-    if isinstance(value, int):  # booleans too: 1 and 0
-        _expect(feature, "int64_list", name)
-        if value >= 2**63:
-            raise invalid(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
-        feature.int64_list.value.append(int(value))
-    elif isinstance(value, float):
-        _expect(feature, "float_list", name)
-        feature.float_list.value.append(value)
-    elif isinstance(value, str):
-        _expect(feature, "bytes_list", name)
-        feature.bytes_list.value.append(value.encode("utf-8", "surrogateescape"))
-    else:
-        _expect(feature, "bytes_list", name)
-        feature.bytes_list.value.append(b64_decode(value))
-
-
-def _expect(feature: feature_pb2.Feature, kind: str, name: str) -> None:
-    chosen = feature.WhichOneof("kind")
-    if chosen not in (None, kind):
+    wanted = ("int64_list" if isinstance(value, int) else  # booleans too: 1 and 0
+              "float_list" if isinstance(value, float) else "bytes_list")
+    if kind not in (None, wanted):
         raise invalid(f"Unexpected element type in feature: {name} expecting type: "
-                      f"{_KIND_NAMES[chosen]}")
+                      f"{_KIND_NAMES[kind]}")
+    if wanted == "int64_list" and value >= 2**63:
+        raise invalid(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+    return wanted
+
+
+def _bytes(value) -> bytes:
+    if isinstance(value, str):  # bytes that were not UTF-8 go to the model as they came
+        return value.encode("utf-8", "surrogateescape")
+    return b64_decode(value)
+
+
+def _floats(values: list) -> bytes:
+    """Packed float32s; a double past float32's range becomes infinite, as protobuf makes it."""
+    try:
+        return struct.pack(f"<{len(values)}f", *values)
+    except OverflowError:
+        with np.errstate(over="ignore"):
+            return np.asarray(values, dtype=np.float64).astype("<f4").tobytes()
+
+
+_SMALL = [bytes((number,)) for number in range(0x80)]  # a varint under 128: one byte
+
+
+def _varint(number: int) -> bytes:
+    if number < 0x80:
+        return _SMALL[number]
+    out = bytearray()
+    while number >= 0x80:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (numbers 1 to 15): its tag, its length, its bytes."""
+    size = len(payload)
+    return _SMALL[number << 3 | 2] + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
 
 
 def render_classification(labels: list[list[bytes]], scores: list[list[float]]) -> bytes:

@@ -15,18 +15,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared import cli, datasets, logs
+from shared import cli, datasets, layout, logs
 
 PROG = "model_server"
 
 # TF Serving flags we accept and do not act on: name -> the default TF Serving gives it.
 IGNORED = {
     "enable_per_model_batching_parameters": False, "num_load_threads": 0,
-    "num_unload_threads": 0, "max_num_load_retries": 5, "load_retry_interval_micros": 60000000,
+    "num_unload_threads": 0,
     "flush_filesystem_caches": True, "tensorflow_session_parallelism": 0,
     "tensorflow_session_config_file": "", "tensorflow_intra_op_parallelism": 0,
     "tensorflow_inter_op_parallelism": 0, "use_alts_credentials": False,
     "platform_config_file": "", "per_process_gpu_memory_fraction": 0.0,
+    "monitoring_config_file": "",
     "remove_unused_fields_from_bundle_metagraph": True, "prefer_tflite_model": False,
     "num_tflite_pools": 0, "num_tflite_interpreters_per_pool": 1,
     "enable_signature_method_name_check": False, "xla_cpu_compilation_enabled": False,
@@ -61,10 +62,10 @@ def parser() -> cli.ArgumentParser:
     tfs.add_argument("--rest_api_port", type=cli.port, default=8501,
                      help="REST port (default 8501, as TF Serving's Docker image; 0: no REST)")
     tfs.add_argument("--rest_api_timeout_in_ms", type=cli.non_negative_int, default=30000,
-                     help="a REST request not answered in this long gets 408 / "
+                     help="a REST request not answered in this long gets 504 / "
                           "DEADLINE_EXCEEDED (default 30000; 0: no limit)")
     tfs.add_argument("--model_name", default="default", help="the served model's name")
-    tfs.add_argument("--model_base_path", type=Path, default=None,
+    tfs.add_argument("--model_base_path", default=None,
                      help="its versions are the numbered directories inside")
     tfs.add_argument("--model_config_file", type=Path, default=None,
                      help="a ModelServerConfig in text format: several models, version policies "
@@ -92,12 +93,14 @@ def parser() -> cli.ArgumentParser:
                      help="gRPC calls run at once (default 4; with batching, 128)")
     tfs.add_argument("--grpc_channel_arguments", default="",
                      help="key=value,... e.g. grpc.max_receive_message_length=4194304")
+    tfs.add_argument("--max_num_load_retries", type=cli.non_negative_int, default=5,
+                     help="a version that fails to load is tried again this many times "
+                          "(default 5); again at once whenever its files change")
+    tfs.add_argument("--load_retry_interval_micros", type=cli.non_negative_int,
+                     default=60_000_000, help="between those tries (default 60 s)")
     tfs.add_argument("--ssl_config_file", type=Path, default=None,
                      help="SSLConfig in text format (server_key, server_cert, custom_ca, "
                           "client_verify): the gRPC port speaks TLS")
-    tfs.add_argument("--monitoring_config_file", type=Path, default=None,
-                     help="MonitoringConfig in text format: prometheus_config { enable: true "
-                          "path: \"/metrics\" } serves the metrics on the REST port there")
     _bool_flag(tfs, "enable_grpc_healthcheck_service", False,
                "grpc.health.v1.Health on the gRPC port: SERVING while every model has a "
                "version available")
@@ -156,6 +159,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.model_config_file is None and args.model_base_path is None:
         p.error("Both --model_base_path and --model_config_file are empty: give one")
+    if args.model_base_path is not None:
+        scheme = layout.uri_scheme(args.model_base_path)
+        if scheme:
+            p.error(f"--model_base_path {args.model_base_path}: {scheme}:// is not supported "
+                    "yet; give a local path")
+        args.model_base_path = Path(args.model_base_path)
     if args.batching_parameters_file is not None and not args.enable_batching:
         p.error("--batching_parameters_file is set without --enable_batching")
     if args.saved_model_tags != "serve":

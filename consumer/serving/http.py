@@ -2,15 +2,21 @@
 
 A plain ASGI app, so that paths are matched as TF Serving matches them: on the raw path (``%2F``
 inside a model name is part of the name), with its own patterns (``http_rest_api_util.cc``),
-case-insensitive except for the verb. Handlers are thin: read the body, then parse, run and
-render on a small thread pool, never on the event loop.
+case-insensitive except for the verb. Handlers are thin: read the body, then queue the parse,
+run and render for a small thread pool (``consumer.serving.workers``), never on the event loop.
+
+Every client is bounded: its connection in time, pipelining and descriptors
+(``consumer.serving.connections``); its body in size (``MAX_BODY_BYTES``, 413) and in time (a
+pause of ``BODY_TIMEOUT`` between its parts, or ``BODY_SECONDS`` in all: 408); its request in
+how long it waits to run and in ``--rest_api_timeout_in_ms`` (503, 504). A request counts for
+admission only once its body is in, so a client that sends headers and then holds its body
+back takes nothing from the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import re
 import socket
 import threading
@@ -20,19 +26,22 @@ from urllib.parse import unquote
 
 import uvicorn
 
-from consumer.serving import json_render
-from consumer.serving.admission import Admission
+from consumer.serving import connections, json_render
+from consumer.serving.admission import Admission, queue_bound
 from consumer.serving.calls import Target
+from consumer.serving.connections import KEEP_ALIVE
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from consumer.serving.rest import RestApi
+from consumer.serving.workers import Workers
 from shared import logs
 
 log = logs.get("consumer")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger body is refused with 413
+BODY_TIMEOUT = 5.0  # seconds a body may pause between its parts (408 past it)
+BODY_SECONDS = 60.0  # seconds a whole body may take (16 MiB at 280 KB/s)
 SHUTDOWN_GRACE_SECONDS = 30  # requests in flight at SIGTERM get this long to finish
-KEEP_ALIVE = 60  # seconds an idle client connection stays open (uvicorn's default is 5)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
 _REST = re.compile(r"/v1/.*", re.I | re.S)
@@ -40,7 +49,12 @@ _POST = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:"
                    r"(classify|regress|predict)", re.I)
 _GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?",
                   re.I)
+_ORIGIN = re.compile(rb"https?://")
 _JSON = [(b"content-type", b"application/json")]
+# TF Serving's CORS headers (http_rest_api_util.cc, AddCORSHeaders), on every /v1/ answer
+_CORS = [(b"access-control-allow-origin", b"*"), (b"access-control-allow-methods", b"POST, GET"),
+         (b"access-control-allow-headers", b"Content-Type")]
+_CLOSE = [(b"connection", b"close")]
 
 Call = Callable[[bytes], tuple[bytes, int | None]]  # body -> (answer, the version that gave it)
 
@@ -52,71 +66,32 @@ class Reply:
         self.version = version  # the version that answered
 
 
-def error_reply(error: ServingError, status: int | None = None) -> Reply:
-    return Reply(status or error.http_status, json_render.render_error(error.message))
+def error_reply(error: ServingError, status: int | None = None,
+                headers: list | None = None) -> Reply:
+    return Reply(status or error.http_status, json_render.render_error(error.message),
+                 _JSON + headers if headers else None)
 
 
 class BodyTooLarge(Exception):
     """A body over ``MAX_BODY_BYTES``: HTTP's own 413, before anything is parsed."""
 
 
-class Workers:
-    """Threads that run calls for the event loop and hand each result back to it. A thinner
-    hop than ``run_in_executor``, which wraps a concurrent future in an asyncio one and chains
-    the two: this is one queue put, and one ``call_soon_threadsafe`` back. Measured with wrk
-    (4 connections) on 2 cores, with uvicorn's proxy-headers layer dropped too: a server
-    answering a constant went from 4,950 to 6,660 requests/s, the mlp's predict from 1,650 to
-    2,040."""
-
-    def __init__(self, threads: int, name: str) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
-                         for i in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def run(self, call: Callable, *args) -> asyncio.Future:
-        """``call(*args)`` on a worker; the future is resolved on the running loop."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put((loop, future, call, args))
-        return future
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            loop, future, call, args = item
-            try:
-                result, error = call(*args), None
-            except BaseException as err:  # handed to the awaiting handler, which re-raises it
-                result, error = None, err
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop closed past the shutdown grace: nobody waits
-                pass
-
-    def shutdown(self) -> None:
-        """Finish the calls queued, then stop the threads."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
+class BodyTooSlow(Exception):
+    """A body that paused past ``BODY_TIMEOUT``, or took over ``BODY_SECONDS``: 408, closed."""
 
 
-def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
-    if future.cancelled():  # the client went away and its handler with it
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+class ClientGone(Exception):
+    """The client closed its connection before its body was in: nobody to answer."""
 
 
 class RestApp:
-    """The ASGI app: route, read the body, hand the call to the pool, send the answer."""
+    """The ASGI app: route, read the body, queue the call for the pool, send the answer."""
 
     def __init__(self, api: RestApi, metrics: ServingMetrics, pool: Workers,
-                 admission: Admission) -> None:
-        self.api, self.metrics, self.pool, self.admission = api, metrics, pool, admission
+                 cors: bool = False) -> None:
+        """``cors``: --rest_api_enable_cors_support, TF Serving's CORS headers on /v1/ answers."""
+        self.api, self.metrics, self.pool = api, metrics, pool
+        self.cors = _CORS if cors else []
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -132,25 +107,37 @@ class RestApp:
         if not _REST.fullmatch(path):
             await _send(send, Reply(404, json_render.render_error(f"Not found: {path}")))
             return
-        endpoint, model, call, admitted = "malformed", "", None, False
+        endpoint, model = "malformed", ""
         try:
-            endpoint, model, call = self._route(method, path)
-            self.admission.enter()  # past the bound: 503 now, not a place in a long queue
-            admitted = True
-            body = await _read_body(scope, receive)
+            if method == "OPTIONS":
+                endpoint, reply = "preflight", self._preflight(scope)
+            else:
+                endpoint, model, call = self._route(method, path)
+                body = await _read_body(scope, receive)
+                reply = await self.pool.run(self._answer, endpoint, call, body)
         except ServingError as err:
             reply = error_reply(err)
         except BodyTooLarge:
             reply = error_reply(invalid(f"request body is over the limit of {MAX_BODY_BYTES} "
                                         "bytes"), 413)
-        else:
-            reply = await self.pool.run(self._answer, endpoint, call, body)
-        finally:
-            if admitted:
-                self.admission.leave()
+        except BodyTooSlow as err:
+            reply = error_reply(invalid(str(err)), 408, _CLOSE)
+        except ClientGone:
+            return
+        if self.cors:
+            reply.headers = reply.headers + self.cors
         self.metrics.observe("rest", endpoint, model, reply.status, time.perf_counter() - started,
                              reply.version)
         await _send(send, reply)
+
+    def _preflight(self, scope) -> Reply:
+        """TF Serving's answer to OPTIONS on a /v1/ path (http_server.cc, ProcessRequest): 200
+        and no body if the request names an http(s) Origin, whether or not CORS is enabled;
+        else FAILED_PRECONDITION, 400 (TF Serving's body is empty; ours says why, as JSON)."""
+        for name, value in scope["headers"]:
+            if name == b"origin" and _ORIGIN.search(value):
+                return Reply(200, b"", [(b"content-length", b"0")])
+        raise ServingError("FAILED_PRECONDITION", "Origin header is missing in CORS preflight")
 
     def _route(self, method: str, path: str) -> tuple[str, str, Call]:
         """(endpoint, model name, the call) for a path; a ``ServingError`` if it names none."""
@@ -196,15 +183,25 @@ async def _read_body(scope, receive) -> bytes:
         if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
             raise BodyTooLarge  # from the header, before a byte of the body is read
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:  # a chunked body declares no length: counted as it comes
-            raise BodyTooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    clock = asyncio.get_running_loop().time
+    last = clock() + BODY_SECONDS
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT) as pause:  # one timer, moved at each part
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:  # a chunked body declares no length: counted as it comes
+                    raise BodyTooLarge
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+                pause.reschedule(min(clock() + BODY_TIMEOUT, last))
+    except TimeoutError:
+        raise BodyTooSlow(f"the request's body took over {BODY_SECONDS:g} s" if clock() >= last
+                          else f"the request's body paused over {BODY_TIMEOUT:g} s") from None
 
 
 async def _send(send, reply: Reply) -> None:
@@ -212,7 +209,7 @@ async def _send(send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     """A listening TCP socket. Its protocol is named: asyncio sets TCP_NODELAY only on sockets
     whose ``proto`` is IPPROTO_TCP, and without it every keep-alive response (headers and body
     in two writes) waits about 40 ms for the client's delayed ACK."""
@@ -221,7 +218,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(1024)
+        sock.listen(backlog)
     except OSError:
         sock.close()
         raise
@@ -234,16 +231,22 @@ class HttpServer:
 
     def __init__(self, api: RestApi, metrics: ServingMetrics, options,
                  admission: Admission) -> None:
-        """``options``: the server's ``Options`` (host, rest_port, rest_threads, ...)."""
-        self.socket = listen(options.host, options.rest_port)
+        """``options``: the server's ``Options`` (host, rest_port, rest_threads, rest_timeout,
+        cors...); ``admission``: the places to run, shared with gRPC."""
+        backlog = connections.backlog()
+        self.socket = listen(options.host, options.rest_port, backlog)
         self.host, self.port = options.host, self.socket.getsockname()[1]
-        self.pool = Workers(options.rest_threads, "rest")
+        # the REST timeout is the REST front's; the wait it allows goes for gRPC's places too
+        admission.max_wait = queue_bound(options.rest_timeout)
+        self.pool = Workers(options.rest_threads, "rest", admission, admission.max_wait,
+                            options.rest_timeout)
+        self.connections = connections.Connections()
         # No proxy-headers middleware (uvicorn's default): nothing here reads the client's
         # address, and it is a coroutine layer on every request.
-        config = uvicorn.Config(RestApp(api, metrics, self.pool, admission), log_config=None,
+        config = uvicorn.Config(RestApp(api, metrics, self.pool, options.cors), log_config=None,
                                 access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE,
-                                proxy_headers=False,
-                                loop="uvloop", http="httptools",
+                                proxy_headers=False, loop="uvloop", backlog=backlog,
+                                http=connections.protocol(self.connections), ws="none",
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
         self.server = uvicorn.Server(config)
         # uvicorn's start and stop lines repeat our ``serving`` event; keep its warnings only

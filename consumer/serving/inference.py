@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from consumer.loader import Loaded
-from consumer.serving.errors import ServingError, from_tf, invalid
+from consumer.serving.errors import ServingError, from_tf, from_undecodable, invalid
 from consumer.serving.json_tensor import type_name
 from consumer.signatures import Signature
 from shared.tfcompat import tf
@@ -36,11 +36,15 @@ def signature_key(name: str) -> str:
 
 
 def run(loaded: Loaded, feeds: dict[str, np.ndarray], fetches: tuple[str, ...]) -> list:
-    """One run of the version's session; TF's own errors pass through with their code."""
+    """One run of the version's session; TF's own errors pass through with their code, those
+    whose message is not UTF-8 too (a malformed ``tf.Example`` fed to ``parse_example``: TF
+    quotes its bytes). Every front and the batcher run here, so each gets the same answer."""
     try:
         return loaded.run(feeds, fetches)
     except tf.errors.OpError as err:
         raise from_tf(err) from None
+    except UnicodeDecodeError as err:  # TF's binding could not decode the error's message
+        raise from_undecodable(err) from None
 
 
 # -- predict -----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A REST body as TF Serving's parser reads it (rapidjson, in ``util/json_tensor.cc``): the
 document, its errors in rapidjson's words, and values quoted in an error as TF Serving quotes
-them. Three things differ from Python's ``json`` and are made to match: bytes after the first
+them. Four things differ from Python's ``json`` and are made to match: bytes after the first
 value are ignored, a value nested deeper than Python's parser goes is skipped if nobody reads it,
-and text that is not UTF-8 is kept as the bytes it was.
+text that is not UTF-8 is kept as the bytes it was, and half a surrogate pair (``"\\ud800"``)
+is refused, as rapidjson refuses it (Python would make a string no codec can write).
 
 No numpy and no TensorFlow: it runs in the server and in its parse process alike.
 """
@@ -10,6 +11,7 @@ No numpy and no TensorFlow: it runs in the server and in its parse process alike
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -69,14 +71,52 @@ def _parse_like_rapidjson(body: bytes):
     if start == len(text):
         raise invalid(f"JSON Parse error: The document is empty. at offset: {start}")
     try:
-        doc, _ = _DECODER.raw_decode(text, start)  # what follows the value is ignored, as TF's
+        doc, end = _DECODER.raw_decode(text, start)  # what follows the value is ignored, as TF's
     except json.JSONDecodeError as err:
-        raise invalid(f"JSON Parse error: {_rapidjson_text(err)} at offset: {err.pos}") from None
+        offset = _byte_offset(text, err.pos)
+        _refuse_half_surrogates(body, offset)  # rapidjson stops at whichever error comes first
+        raise invalid(f"JSON Parse error: {_rapidjson_text(err)} at offset: {offset}") from None
     except RecursionError:  # Python's parser recurses; TF Serving's does not
-        doc = _parse_shallow(text, start)
+        doc, end = _parse_shallow(text, start), len(text)
     except ValueError:  # an integer of thousands of digits
         raise invalid("JSON Parse error: Number too big to be stored in double.") from None
+    _refuse_half_surrogates(body, _byte_offset(text, end))
     return doc
+
+
+def _byte_offset(text: str, pos: int) -> int:
+    """rapidjson counts offsets in bytes; Python in characters."""
+    return pos if text.isascii() else len(text[:pos].encode("utf-8", "surrogateescape"))
+
+
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.S)  # one escape, left to right
+
+
+def _refuse_half_surrogates(body: bytes, end: int) -> None:
+    """rapidjson's error for a ``\\u`` escape before ``end`` that is half a surrogate pair: a
+    high half not followed at once by a low one, or a low half alone (its ``reader.h``,
+    ``kParseErrorStringUnicodeSurrogateInvalid``, at the offset of the first backslash).
+    orjson refuses these too, so only a body it did not parse is searched."""
+    if b"\\u" not in body:
+        return
+    pending = None  # (start, end) of a high half, awaiting its low half right after it
+    for match in _ESCAPE.finditer(body, 0, end):
+        point = int(match.group(1), 16) if match.group(1) else -1
+        if pending is not None:
+            if match.start() != pending[1] or not 0xDC00 <= point <= 0xDFFF:
+                raise _half_surrogate(pending[0])
+            pending = None
+        elif 0xD800 <= point <= 0xDBFF:
+            pending = (match.start(), match.end())
+        elif 0xDC00 <= point <= 0xDFFF:
+            raise _half_surrogate(match.start())
+    if pending is not None:
+        raise _half_surrogate(pending[0])
+
+
+def _half_surrogate(offset: int) -> Exception:
+    return invalid(f"JSON Parse error: The surrogate pair in string is invalid. at offset: "
+                   f"{offset}")
 
 
 class Deep:

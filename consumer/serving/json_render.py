@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from consumer.serving.errors import invalid
+from consumer.serving.errors import invalid, printable
 
 _SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 _FLOAT32 = struct.Struct("f")
@@ -57,7 +57,11 @@ def render_predict(outputs: dict[str, np.ndarray], row_format: bool) -> bytes:
 
 
 def render_error(message: str) -> bytes:
-    return _encode('{"error":' + json_string(message) + "}")
+    """``{"error": "..."}`` on one line of valid UTF-8, whatever the message quotes: newlines and
+    control characters escaped, bytes that were not UTF-8 written out (``errors.printable``).
+    TF Serving writes the same object with rapidjson's PrettyWriter, on three lines, and its
+    message's bytes raw (``json_tensor.cc``, ``MakeJsonFromStatus``)."""
+    return ('{"error":' + json_string(printable(message)) + "}").encode()
 
 
 def render_json(value) -> bytes:

@@ -33,6 +33,9 @@ TYPE_NAMES = {"DT_FLOAT": "float", "DT_DOUBLE": "double", "DT_INT32": "int32", "
               "DT_UINT64": "uint64", "DT_UINT16": "uint16", "DT_HALF": "half",
               "DT_BFLOAT16": "bfloat16", "DT_COMPLEX64": "complex64",
               "DT_COMPLEX128": "complex128"}
+# numpy's most dimensions (NPY_MAXDIMS): 64 since numpy 2, 32 before. A JSON value nested
+# deeper, and shallower than Python's parser goes (~1,000), must be refused before numpy sees it.
+MAX_RANK = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 _INTS = {"DT_INT32", "DT_INT16", "DT_INT8", "DT_UINT8", "DT_INT64", "DT_UINT32", "DT_UINT64"}
 _READABLE = _INTS | {"DT_FLOAT", "DT_DOUBLE", "DT_STRING", "DT_BOOL"}
 
@@ -129,7 +132,7 @@ def _slow_rows(instances: list, name: str, rows: list, specs: dict, body: Body) 
             where = f" key: {name}" if named else ""
             raise invalid(f"Failed to process element: {index}{where} of 'instances' list. "
                           f"Error: {err.code}: {err.message}") from None
-    return _array(values, [len(rows), *first_shape], spec)
+    return _array(values, [len(rows), *first_shape], spec, name)
 
 
 def _columns(inputs, specs: dict, body: Body) -> dict[str, np.ndarray]:
@@ -149,7 +152,7 @@ def _columns(inputs, specs: dict, body: Body) -> dict[str, np.ndarray]:
         if array is None:
             shape, flat = dense_shape(value), []
             _fill(value, 0, shape, specs[name], flat, body)
-            array = _array(flat, shape, specs[name])
+            array = _array(flat, shape, specs[name], name)
         arrays[name] = array
     return arrays
 
@@ -245,7 +248,10 @@ def b64_decode(value) -> bytes:
         raise invalid("Unable to base64 decode") from None
 
 
-def _array(values: list, shape: list[int], spec) -> np.ndarray:
+def _array(values: list, shape: list[int], spec, name: str) -> np.ndarray:
+    if len(shape) > MAX_RANK:  # checked after the walk: TF Serving's own errors come first
+        raise invalid(f"Input: {name} has {len(shape)} dimensions; this server takes at most "
+                      f"{MAX_RANK} (numpy's limit; TF Serving's is TF's 254)")
     if spec.dtype_name == "DT_STRING":
         array = np.empty(len(values), dtype=object)
         array[:] = values

@@ -90,12 +90,22 @@ class ServedModel:
         return self._name
 
     def _run(self) -> None:
-        try:
-            self.stats = self.consumer.run()
-        except Exception as err:  # a defect of ours: this model stops, the server goes on
-            log.exception("model_failed", model=self.name or "",
-                          error=f"{type(err).__name__}: {err}")
-            self.stats = Stats(fatal=f"{type(err).__name__}: {err}")
+        """The model's loop, supervised: the loop restarts its own failed passes, and should it
+        end on an error all the same, it is started again after a back-off. Only ``stop`` (or
+        the loop's own end: ``--until-step``) ends it; its versions stay available throughout."""
+        backoff = 1.0
+        while True:
+            try:
+                self.stats = self.consumer.run()
+                return
+            except Exception as err:  # a defect of ours: logged with its cause, run again
+                log.exception("model_loop_restarted", model=self.name or "",
+                              error=f"{type(err).__name__}: {err}"[:500],
+                              retry_in_seconds=backoff)
+                self.stats = Stats(fatal=f"{type(err).__name__}: {err}")
+            if self.stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
 
     def start(self) -> None:
         self.thread.start()
@@ -142,7 +152,7 @@ class ServedModel:
 
     def refused(self, step: int, reason: str, cause: str) -> None:
         code = _ERROR_CODES.get(reason.split(":", 1)[0], "UNKNOWN") if cause == "load_failed" \
-            else "FAILED_PRECONDITION"
+            else "NOT_FOUND" if cause == "deleted" else "FAILED_PRECONDITION"
         self._set(step, VersionState(END, code, reason))
         if self.metrics is not None:
             self.metrics.refused(self.name or "", cause)

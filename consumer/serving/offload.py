@@ -1,12 +1,14 @@
 """Big REST bodies are parsed, and big answers written, in a helper process, so that they cost
 the server no more than their own share of the CPU.
 
-Python's JSON parser and numpy's conversion of nested lists run in C while holding the GIL: a
-3 MB body of 500,000 rows held it for up to 370 ms at a time, and every small request waited
-that long. In a process of its own the work takes one core, and the server keeps the other. The
+Python's JSON parser, numpy's conversion of nested lists and the encoding of tf.Examples run
+while holding the GIL: a 3 MB predict body of 500,000 rows held it for up to 370 ms at a time,
+a 3.5 MB classify body of 500,000 examples for up to 359 ms, and every small request waited that
+long. In a process of its own the work takes one core, and the server keeps the other. The
 helper is started at the first big body (spawned: it imports numpy and the codec, never
 TensorFlow) and parses one body at a time; arrays travel back by pickle. A small body is parsed
-in the server itself, where the hop would cost more than it saves.
+in the server itself, where the hop would cost more than it saves, by the same functions
+(``parse_predict`` and ``examples.parse_examples``): one path, two places.
 """
 
 from __future__ import annotations
@@ -24,27 +26,39 @@ from consumer.serving.errors import ServingError, invalid
 
 OFFLOAD_BYTES = 256 * 1024  # a body this big or bigger is parsed in the helper
 OFFLOAD_VALUES = 1 << 16  # an answer with this many values or more is written there
+DEFAULT_SIGNATURE = "serving_default"  # inference.DEFAULT_SIGNATURE (that module imports TF)
 
 InputSpec = namedtuple("InputSpec", "dtype dtype_name")  # what the codec reads of a TensorSpec
 
 
-def plain_specs(signatures: dict) -> dict[str, dict[str, InputSpec]]:
-    """Each signature's inputs, as the helper can take them (no TensorFlow types)."""
+def input_specs(signatures: dict, plain: bool) -> dict[str, dict]:
+    """Each signature's inputs by name; ``plain`` for the helper (no TensorFlow types)."""
+    if not plain:
+        return {key: signature.inputs for key, signature in signatures.items()}
     return {key: {name: InputSpec(spec.dtype, spec.dtype_name)
                   for name, spec in signature.inputs.items()}
             for key, signature in signatures.items()}
 
 
-def parse_predict(body: bytes, specs: dict[str, dict[str, InputSpec]], max_elements: int
-                  ) -> tuple[str, dict[str, np.ndarray], bool]:
-    """(signature name, input arrays, row format) of a predict body, given every signature's
-    inputs; run in the helper (or here, for a body too small to be worth the hop)."""
+def parse_predict(body: bytes, signatures: dict[str, dict] | None, max_elements: int
+                  ) -> tuple[str, dict[str, np.ndarray], bool] | None:
+    """(signature name, input arrays, row format) of a predict body, given the inputs of every
+    signature of the version that will run it (``InputSpec`` or ``TensorSpec`` by input name),
+    in TF Serving's order (``json_tensor.cc``, ``FillPredictRequestFromJson``): the body parses,
+    its signature name is a string, the signature exists and has inputs, then the values. With
+    ``signatures`` None (the model was not found) only the first two are checked: a body's
+    error comes before the lookup's, as TF Serving parses first."""
     parsed = json_parse.parse(body, max_elements)
     name = json_parse.signature_name(parsed)
-    key = name or "serving_default"
-    if key not in specs:
-        raise invalid(f'Serving signature name: "{key}" not found in signature def')
-    inputs, row_format = json_tensor.predict_inputs(parsed, specs[key])
+    if signatures is None:
+        return None
+    specs = signatures.get(name or DEFAULT_SIGNATURE)
+    if specs is None:  # http_rest_api_handler.cc, GetInfoMap
+        raise invalid(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" not found in '
+                      'signature def')
+    if not specs:  # json_tensor.cc: a signature without inputs takes no predict over REST
+        raise invalid(f"Failed to get input map for signature: {name or 'DEFAULT'}")
+    inputs, row_format = json_tensor.predict_inputs(parsed, specs)
     return name, inputs, row_format
 
 
@@ -60,6 +74,12 @@ class Offload:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             return self._pool
+
+    def parse(self, function, body: bytes, *args):
+        """``function(body, *args)``: here for a small body, in the helper for a big one."""
+        if len(body) < OFFLOAD_BYTES:
+            return function(body, *args)
+        return self.run(function, body, *args)
 
     def run(self, function, *args):
         """``function(*args)`` in the helper: its result, or the ``ServingError`` it raised. A

@@ -14,6 +14,11 @@ when it changes, with ``--model_config_file_poll_wait_seconds`` > 0) or from gRP
   version, as in TF Serving.
 - A bad config is refused whole, with one line, and the running one stays. Reloads run one at
   a time, and none waits while holding anything a request needs.
+- A config with no models takes no action (TF Serving: "Taking no action for empty config"):
+  a config file caught empty while an editor rewrites it in place removes nothing.
+- A model whose base path changed keeps answering from its old path until the new one has a
+  version available; a base path that does not exist keeps the model listed, its source
+  logging the condition and looking again at each poll, and the others serving.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Reloader:
         self.make_model = make_model
         self.allow_unavailable_labels = allow_unavailable_labels
         self._lock = threading.Lock()  # one reload at a time
+        self._moving: dict[str, ServedModel] = {}  # name -> its model at a new base path
 
     def check(self, specs: list[ModelSpec]) -> None:
         """Raise ``ServingError`` (FAILED_PRECONDITION, TF Serving's text) for a label that may
@@ -62,35 +68,76 @@ class Reloader:
                                    f"{spec.name}, which is not currently available for inference")
 
     def apply(self, specs: list[ModelSpec]) -> list[ServedModel]:
-        """Make ``specs`` the server's models; returns the models added."""
+        """Make ``specs`` the server's models; returns the models added (or moved)."""
+        if not specs:
+            log.warning("config_empty", reason="a config with no models takes no action; the "
+                                               "running models stay")
+            return []
         with self._lock:
             self.check(specs)
             current = {model.name: model for model in self.models}
             wanted = {spec.name: spec for spec in specs}
-            added, changed = [], []
+            added, moved, changed = [], [], []
             for name, spec in wanted.items():
                 model = current.get(name)
+                pending = self._moving.get(name)
+                if pending is not None and pending.base_path != spec.base_path:
+                    self._moving.pop(name)
+                    self._stop(pending)  # moved again, or back: that move is abandoned
+                    pending = None
                 if model is not None and model.base_path == spec.base_path:
                     model.update(spec.policy, spec.labels)
                     changed.append(name)
-                    continue
-                if model is not None:  # its base path moved: a new model under the same name
-                    self._remove(model)
-                added.append(self.make_model(spec))
+                elif pending is not None:
+                    pending.update(spec.policy, spec.labels)
+                    changed.append(name)
+                elif model is not None:  # its base path moved: the old one serves meanwhile
+                    moved.append(self.make_model(spec))
+                else:
+                    added.append(self.make_model(spec))
             removed = [model for name, model in current.items() if name not in wanted]
             for model in removed:
                 self._remove(model)
+                pending = self._moving.pop(model.name, None)
+                if pending is not None:
+                    self._stop(pending)
             for model in added:
                 self.models.add(model)
                 model.start()
+            for model in moved:
+                self._moving[model.name] = model
+                model.start()
+                threading.Thread(target=self._hand_over, args=(model,), name="move",
+                                 daemon=True).start()
         log.info("config_reloaded", models=sorted(wanted), added=[m.name for m in added],
-                 removed=[m.name for m in removed], updated=changed)
-        return added
+                 removed=[m.name for m in removed], updated=changed,
+                 moved=[m.name for m in moved])
+        return added + moved
+
+    def _hand_over(self, new: ServedModel) -> None:
+        """A moved model takes over its name once it has a version available; until then the
+        old base path's versions answer."""
+        while not new.stop.is_set():
+            if new.wait_available(0.5):
+                with self._lock:
+                    if self._moving.get(new.name) is not new:
+                        return  # abandoned by a later reload
+                    del self._moving[new.name]
+                    old = self.models.get(new.name)
+                    self.models.add(new)  # one dict entry replaced: requests move at once
+                if old is not None and old is not new:
+                    self._stop(old)
+                log.info("model_moved", model=new.name, base_path=str(new.base_path))
+                return
+
+    @staticmethod
+    def _stop(model: ServedModel) -> None:
+        threading.Thread(target=model.finish, kwargs={"timeout": 60}, name="unload",
+                         daemon=True).start()
 
     def _remove(self, model: ServedModel) -> None:
         self.models.remove(model.name)  # new requests: NOT_FOUND; those in flight finish
-        threading.Thread(target=model.finish, kwargs={"timeout": 60},
-                         name="unload", daemon=True).start()
+        self._stop(model)
 
     def apply_request(self, message) -> None:
         """gRPC's HandleReloadConfigRequest: apply, then wait (a bounded while, holding nothing)
@@ -100,6 +147,12 @@ class Reloader:
         except config.ConfigError as err:
             raise ServingError("INVALID_ARGUMENT", str(err)) from None
         added = self.apply(specs)
+        absent = [m for m in added if not _is_dir(m.base_path)]
+        if absent:  # nothing to wait for: the config stands, the model waits for its path
+            raise ServingError("NOT_FOUND", "the config is applied, but the base path of " +
+                               "; ".join(f"model {m.name} ({m.base_path}) does not exist"
+                                         for m in absent) +
+                               ": its versions are loaded once it does")
         missing = [m.name for m in added if not m.wait_available(ADDED_MODEL_WAIT)]
         if missing:
             raise ServingError("UNKNOWN", f"{len(missing)} model(s) did not become available: "
@@ -107,7 +160,17 @@ class Reloader:
 
 
 def _listing(spec: ModelSpec) -> list:
-    return layout.versions(spec.base_path, spec.source)
+    try:
+        return layout.versions(spec.base_path, spec.source)
+    except OSError:  # unreadable now: its source logs that; no version there is known
+        return []
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 class _Changed(FileSystemEventHandler):
@@ -133,17 +196,27 @@ class ConfigFileWatcher:
         self._observer.schedule(_Changed(self.path, self._wake), str(self.path.parent))
         self._thread = threading.Thread(target=self._run, name="config", daemon=True)
 
-    def _read(self) -> str | None:
+    def _start_observer(self) -> None:
         try:
-            return self.path.read_text()
-        except (OSError, UnicodeDecodeError):
+            self._observer.start()
+        except OSError as err:  # inotify refused (the per-user limit): the poll alone reads it
+            self._observer = None
+            log.warning("watch_fallback_polling", path=str(self.path), reason=str(err),
+                        poll_seconds=self.poll)
+
+    def _read(self) -> str | None:
+        """The file's text; None if it cannot be read now (gone between an editor's writes)."""
+        try:
+            return self.path.read_bytes().decode("utf-8", "surrogateescape")
+        except OSError:
             return None
 
     def start(self) -> None:
-        self._observer.start()
+        self._start_observer()
         self._thread.start()
 
     def _run(self) -> None:
+        """Supervised: whatever a reload raises, the watcher logs it and goes on watching."""
         while not self.stop.is_set():
             self._wake.wait(self.poll)
             self._wake.clear()
@@ -152,14 +225,27 @@ class ConfigFileWatcher:
                 continue
             self._text = text
             try:
-                self.reloader.apply(config.parse(text, str(self.path)))
-            except (config.ConfigError, ServingError) as err:
-                log.error("config_refused", path=str(self.path),
-                          error=getattr(err, "message", None) or str(err),
-                          reason="the running config stays")
+                self._apply(text)
+            except Exception as err:  # a defect of ours: this reload fails, the server goes on
+                log.exception("config_refused", path=str(self.path),
+                              error=f"{type(err).__name__}: {err}"[:500],
+                              reason="the running config stays")
+
+    def _apply(self, text: str) -> None:
+        try:
+            text.encode("utf-8")  # surrogates stand for bytes that are not UTF-8
+            self.reloader.apply(config.parse(text, str(self.path)))
+        except UnicodeEncodeError:
+            log.error("config_refused", path=str(self.path), error="the file is not UTF-8 text",
+                      reason="the running config stays")
+        except (config.ConfigError, ServingError) as err:
+            log.error("config_refused", path=str(self.path),
+                      error=getattr(err, "message", None) or str(err),
+                      reason="the running config stays")
 
     def close(self) -> None:
         self._wake.set()
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
         self._thread.join(timeout=5)

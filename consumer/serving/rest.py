@@ -1,13 +1,19 @@
 """TF Serving's REST calls as bytes in and bytes out, over the protocol-neutral calls: a JSON
 body to arrays, the call, the answer back to JSON, in the order TF Serving checks things (the
-body parses first, then the model and version, then the signature, then the values)."""
+body parses first, then the model and version, then the signature, then the values).
+
+A predict holds its version from before its body is parsed to the end of its run: the body is
+read by that version's signature, and run by that version. A big body (``offload.OFFLOAD_BYTES``)
+of any call is parsed in the helper process, a small one here, by the same function.
+"""
 
 from __future__ import annotations
 
 from google.protobuf import json_format
 
-from consumer.serving import examples, json_parse, json_render, json_tensor, offload
+from consumer.serving import examples, json_render, offload
 from consumer.serving.calls import Calls, Target
+from consumer.serving.errors import ServingError
 from consumer.serving.json_parse import MAX_ELEMENTS
 
 
@@ -18,29 +24,32 @@ class RestApi:
         self.offload = offload.Offload()  # big bodies and answers: in a process of their own
 
     def predict(self, target: Target, body: bytes) -> tuple[bytes, int]:
-        if len(body) >= offload.OFFLOAD_BYTES:
-            specs = offload.plain_specs(self.calls.signatures(target))
-            signature_name, inputs, row_format = self.offload.run(
+        try:
+            servable = self.calls.acquire(target)
+        except ServingError:  # TF Serving parses the body before it looks the model up
+            self.offload.parse(offload.parse_predict, body, None, self.max_elements)
+            raise
+        try:
+            specs = offload.input_specs(servable.loaded.signatures,
+                                        plain=len(body) >= offload.OFFLOAD_BYTES)
+            signature_name, inputs, row_format = self.offload.parse(
                 offload.parse_predict, body, specs, self.max_elements)
-        else:
-            parsed = json_parse.parse(body, self.max_elements)
-            signature_name = json_parse.signature_name(parsed)
-            specs = self.calls.input_specs(target, signature_name)  # no version held meanwhile
-            inputs, row_format = json_tensor.predict_inputs(parsed, specs)
-        answer = self.calls.predict(target, signature_name, inputs)
+            answer = self.calls.predict_on(servable, signature_name, inputs)
+        finally:
+            servable.release()
         return self.offload.render_predict(answer.result, row_format), answer.version
 
     def classify(self, target: Target, body: bytes) -> tuple[bytes, int]:
-        parsed = json_parse.parse(body, self.max_elements)
-        signature_name = json_parse.signature_name(parsed)
-        answer = self.calls.classify(target, signature_name, examples.serialized_examples(parsed))
+        signature_name, serialized = self.offload.parse(examples.parse_examples, body,
+                                                        self.max_elements)
+        answer = self.calls.classify(target, signature_name, serialized)
         result = answer.result
         return examples.render_classification(result.labels, result.scores), answer.version
 
     def regress(self, target: Target, body: bytes) -> tuple[bytes, int]:
-        parsed = json_parse.parse(body, self.max_elements)
-        signature_name = json_parse.signature_name(parsed)
-        answer = self.calls.regress(target, signature_name, examples.serialized_examples(parsed))
+        signature_name, serialized = self.offload.parse(examples.parse_examples, body,
+                                                        self.max_elements)
+        answer = self.calls.regress(target, signature_name, serialized)
         return examples.render_regression(answer.result), answer.version
 
     def status(self, target: Target) -> tuple[bytes, None]:

@@ -1,225 +1,37 @@
-"""The gRPC front: TF Serving's ``PredictionService`` and ``ModelService``, with the service
-definitions and messages of the ``tensorflow-serving-api`` package, over
-``consumer.serving.calls``. Each method turns its request into arrays, makes the call, and turns
-the answer into TF Serving's response; a ``ServingError`` becomes the gRPC status of the same
-name, its message cut at 1024 bytes as TF Serving cuts it.
+"""The gRPC front, built as TF Serving's ``server.cc`` builds its server: ``PredictionService``
+and ``ModelService`` (``grpc_services``) on the TCP port and, with ``--grpc_socket_path``, on a
+Unix socket too; TLS on both from ``--ssl_config_file`` (``grpc_tls``); ``grpc.health.v1`` with
+``--enable_grpc_healthcheck_service`` (``grpc_health``). Server reflection is always on, so
+``grpcurl list`` and similar tools name every service.
 """
 
 from __future__ import annotations
 
-import time
+import logging
+import os
+import stat
 from concurrent import futures
 from typing import Callable
 
 import grpc
-from google.protobuf import any_pb2
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
-from consumer.serving import inference, protos
+from consumer.serving import grpc_health, grpc_tls
 from consumer.serving.admission import Admission
-from consumer.serving.calls import Calls, Target
-from consumer.serving.errors import ServingError, invalid
+from consumer.serving.calls import Calls
+from consumer.serving.grpc_services import (MODEL, PREDICTION, ModelService,  # noqa: F401
+                                            PredictionService, handlers, target)
+from consumer.serving.grpc_tls import StartError
 from consumer.serving.metrics import ServingMetrics
 from shared import logs
 
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,  # noqa: E402
-                                     get_model_status_pb2, inference_pb2, model_management_pb2,
-                                     model_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2, status_pb2)
-from tensorflow.core.protobuf import error_codes_pb2  # noqa: E402
-
 log = logs.get("consumer")
 
-MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving's default, both ways; --grpc_channel_arguments lowers it
-_STATES = get_model_status_pb2.ModelVersionStatus.State
-_CODES = {name: getattr(grpc.StatusCode, name) for name in grpc.StatusCode.__members__}
-
-
-def target(model_spec) -> Target:
-    """What a request's ``ModelSpec`` names (TF Serving's ``version`` is a wrapper: absent is
-    the latest)."""
-    choice = model_spec.WhichOneof("version_choice")
-    return Target(model_spec.name,
-                  model_spec.version.value if choice == "version" else None,
-                  model_spec.version_label if choice == "version_label" else None)
-
-
-def _spec(name: str, version: int, signature_name: str | None):
-    spec = model_pb2.ModelSpec(name=name)
-    spec.version.value = version
-    if signature_name is not None:
-        spec.signature_name = signature_name
-    return spec
-
-
-class _Service:
-    """The part both services share: run a call, time it, count it, and map its error."""
-
-    def __init__(self, calls: Calls, metrics: ServingMetrics, reload: Callable | None = None,
-                 admission: Admission | None = None) -> None:
-        self.calls, self.metrics, self.reload = calls, metrics, reload
-        self.admission = admission or Admission(None)
-
-    def _serve(self, endpoint: str, model: str, context, call: Callable):
-        started, code, version, admitted = time.perf_counter(), "OK", None, False
-        try:
-            self.admission.enter()  # past the bound: UNAVAILABLE now, not a long queue
-            admitted = True
-            response, version = call()
-            return response
-        except ServingError as err:  # the client's mistake, or a model's: one line, no trace
-            code = err.code
-            context.abort(_CODES[err.code], _truncated(err.message))
-        except Exception as err:  # a defect of ours: this call fails, the server goes on
-            code = "INTERNAL"
-            log.exception("request_failed", endpoint=endpoint, protocol="grpc",
-                          error=f"{type(err).__name__}: {err}")
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}")
-        finally:
-            if admitted:
-                self.admission.leave()
-            self.metrics.observe("grpc", endpoint, model, code, time.perf_counter() - started,
-                                 version)
-
-
-def _truncated(message: str) -> str:
-    return message if len(message) <= 1024 else message[:1024] + "...TRUNCATED"
-
-
-class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceServicer):
-    def Predict(self, request, context):  # noqa: N802 - gRPC's method names
-        def call():
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            inputs = {key: protos.to_array(proto) for key, proto in request.inputs.items()}
-            answer = self.calls.predict(target(request.model_spec),
-                                        request.model_spec.signature_name, inputs,
-                                        tuple(request.output_filter))
-            response = predict_pb2.PredictResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, answer.signature_name))
-            for key, array in answer.result.items():
-                response.outputs[key].CopyFrom(protos.to_proto(array))
-            return response, answer.version
-        return self._serve("predict", request.model_spec.name, context, call)
-
-    def Classify(self, request, context):  # noqa: N802
-        def call():
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            answer = self.calls.classify(target(request.model_spec),
-                                         request.model_spec.signature_name,
-                                         protos.serialized_examples(request.input))
-            return classification_pb2.ClassificationResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, answer.signature_name),
-                result=_classification(answer.result)), answer.version
-        return self._serve("classify", request.model_spec.name, context, call)
-
-    def Regress(self, request, context):  # noqa: N802
-        def call():
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            answer = self.calls.regress(target(request.model_spec),
-                                        request.model_spec.signature_name,
-                                        protos.serialized_examples(request.input))
-            return regression_pb2.RegressionResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, answer.signature_name),
-                result=_regression(answer.result)), answer.version
-        return self._serve("regress", request.model_spec.name, context, call)
-
-    def MultiInference(self, request, context):  # noqa: N802
-        name = request.tasks[0].model_spec.name if request.tasks else ""
-
-        def call():
-            # The first task's servable is looked up before any task is checked (an empty name
-            # there is "ModelSpec has no name specified."), as TF Serving's multi_inference_helper
-            tasks = [inference.Task(t.model_spec.name, t.model_spec.signature_name,
-                                    t.method_name) for t in request.tasks]
-            first = target(request.tasks[0].model_spec) if request.tasks else Target("")
-            answer = self.calls.multi_inference(first, tasks,
-                                                protos.serialized_examples(request.input))
-            response = inference_pb2.MultiInferenceResponse()
-            for task, result in zip(request.tasks, answer.result):
-                entry = response.results.add(model_spec=_spec(
-                    name, answer.version, inference.signature_key(task.model_spec.signature_name)))
-                if isinstance(result, inference.Classification):
-                    entry.classification_result.CopyFrom(_classification(result))
-                else:
-                    entry.regression_result.CopyFrom(_regression(result))
-            return response, answer.version
-        return self._serve("multi_inference", name, context, call)
-
-    def GetModelMetadata(self, request, context):  # noqa: N802
-        def call():
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            if not request.metadata_field:
-                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-            for field in request.metadata_field:
-                if field != "signature_def":
-                    raise invalid(f"Metadata field {field} is not supported")
-            answer = self.calls.metadata(target(request.model_spec))
-            signatures = get_model_metadata_pb2.SignatureDefMap()
-            for key, signature in answer.result.items():
-                signatures.signature_def[key].CopyFrom(signature.proto)
-            packed = any_pb2.Any()
-            packed.Pack(signatures)
-            response = get_model_metadata_pb2.GetModelMetadataResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, None))
-            response.metadata["signature_def"].CopyFrom(packed)
-            return response, answer.version
-        return self._serve("metadata", request.model_spec.name, context, call)
-
-
-def _classification(result: inference.Classification):
-    out = classification_pb2.ClassificationResult()
-    for labels, scores in zip(result.labels, result.scores):
-        row = out.classifications.add()
-        for label, score in zip(labels, scores):
-            row.classes.add(label=label.decode("utf-8", "replace")
-                            if isinstance(label, bytes) else str(label), score=score)
-    return out
-
-
-def _regression(values):
-    out = regression_pb2.RegressionResult()
-    for value in values:
-        out.regressions.add(value=float(value))
-    return out
-
-
-class ModelService(_Service, model_service_pb2_grpc.ModelServiceServicer):
-    def GetModelStatus(self, request, context):  # noqa: N802
-        def call():
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            spec = request.model_spec
-            version = spec.version.value if spec.WhichOneof("version_choice") == "version" \
-                else None
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for step, state in self.calls.status(spec.name, version):
-                response.model_version_status.add(
-                    version=step, state=_STATES.Value(state.state),
-                    status=status_pb2.StatusProto(error_code=_error_code(state.error_code),
-                                                  error_message=state.error_message))
-            return response, None
-        return self._serve("status", request.model_spec.name, context, call)
-
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        def call():
-            if self.reload is None:
-                raise ServingError("UNIMPLEMENTED", "this server was not started with "
-                                                    "--model_config_file: there is no config "
-                                                    "to reload")
-            if request.config.WhichOneof("config") != "model_config_list":
-                raise invalid("ServerModelConfig type not supported by HandleReloadConfigRequest."
-                              " Only ModelConfigList is currently supported")
-            self.reload(request.config)
-            return model_management_pb2.ReloadConfigResponse(
-                status=status_pb2.StatusProto(error_code=0)), None
-        return self._serve("reload_config", "", context, call)
-
-
-def _error_code(name: str) -> int:
-    return error_codes_pb2.Code.Value(name)
+# TF Serving's default, both ways (server.cc: SetMaxMessageSize); --grpc_channel_arguments lowers it
+MAX_MESSAGE_BYTES = 2**31 - 1
+__all__ = ["GrpcServer", "StartError", "channel_options", "PredictionService", "ModelService",
+           "target"]
 
 
 def channel_options(arguments: str) -> list[tuple[str, object]]:
@@ -235,31 +47,110 @@ def channel_options(arguments: str) -> list[tuple[str, object]]:
     return list(options.items())
 
 
+class _NoDeserializingTraceback(logging.Filter):
+    """grpcio logs a traceback for a request that does not parse in a service whose reader is
+    its own (health, reflection); the call is answered INTERNAL all the same, as TF Serving's
+    C++ gRPC answers it. A client's mistake leaves nothing in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Exception deserializing message!"
+
+
 class GrpcServer:
-    """A gRPC server for both services, bound in the constructor (a port in use fails here)."""
+    """A gRPC server for both services, on TCP and, if asked, a Unix socket; TLS, health and
+    reflection as the module says. Bound in the constructor."""
 
     def __init__(self, calls: Calls, metrics: ServingMetrics, server_options,
                  options: list | None = None, reload: Callable | None = None,
                  admission: Admission | None = None) -> None:
-        """``server_options``: the server's ``Options`` (host, grpc_port, grpc_threads, ...);
-        ``options``: gRPC's channel options."""
-        host, port = server_options.host, server_options.grpc_port
+        """``server_options``: the server's ``Options`` (host, grpc_port, grpc_threads,
+        max_elements, ssl_config, grpc_socket_path, grpc_health); ``options``: gRPC's channel
+        options. A ``grpc_port`` of None: the Unix socket alone.
+
+        Raises ``StartError`` (one line: exit 2 with it) for an ``--ssl_config_file`` or a
+        ``--grpc_socket_path`` that cannot be used, before anything is bound; ``RuntimeError``
+        when the TCP port cannot be bound (in use)."""
+        credentials, self.client_verify = None, False
+        if server_options.ssl_config is not None:
+            credentials, self.client_verify = grpc_tls.server_credentials(
+                server_options.ssl_config)
+        socket_path = server_options.grpc_socket_path
+        if socket_path:
+            _check_socket_path(socket_path)
+        quiet = logging.getLogger("grpc._common")
+        if not any(isinstance(f, _NoDeserializingTraceback) for f in quiet.filters):
+            quiet.addFilter(_NoDeserializingTraceback())
         self.server = grpc.server(futures.ThreadPoolExecutor(server_options.grpc_threads,
                                                              thread_name_prefix="grpc"),
                                   options=options or channel_options(""))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(calls, metrics, admission=admission), self.server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(calls, metrics, reload), self.server)  # status and reloads: never bounded
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
+        self.server.add_generic_rpc_handlers([
+            handlers(PREDICTION, PredictionService(calls, metrics, admission=admission,
+                                                    max_elements=server_options.max_elements)),
+            handlers(MODEL, ModelService(calls, metrics, reload))])  # never bounded: status
+        names = [PREDICTION.full_name, MODEL.full_name, reflection.SERVICE_NAME]
+        self.health = None
+        if server_options.grpc_health:
+            self.health = grpc_health.ReadinessHealth(
+                lambda: grpc_health.all_available(calls.models))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+            names.append(health.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+        self.tls = credentials is not None
+        self.host, self.port, self.socket_path = server_options.host, None, None
+        if server_options.grpc_port is not None:
+            self.port = self._listen(_address(self.host, server_options.grpc_port), credentials)
+        if socket_path:
+            try:
+                self._listen(f"unix:{socket_path}", credentials)
+            except RuntimeError as err:
+                raise StartError(f"--grpc_socket_path {socket_path}: cannot listen: "
+                                 f"{err}") from None
+            self.socket_path = socket_path
+
+    def _listen(self, address: str, credentials) -> int:
+        port = self.server.add_secure_port(address, credentials) if credentials is not None \
+            else self.server.add_insecure_port(address)
+        if port == 0:
             raise OSError(f"cannot listen on {address}")
-        self.host = host
+        return port
 
     def start(self) -> None:
         self.server.start()
+        if self.health is not None:
+            self.health.start()
+        log.info("grpc_serving", port=self.port, socket=self.socket_path,
+                 tls=("mutual" if self.client_verify else "server") if self.tls else None,
+                 health=self.health is not None)
 
     def stop(self, grace: float) -> None:
-        """Refuse new calls; those in flight get ``grace`` seconds to finish."""
+        """Refuse new calls; those in flight get ``grace`` seconds to finish. Health says
+        NOT_SERVING from the first moment."""
+        if self.health is not None:
+            self.health.close()
         self.server.stop(grace).wait()
+        if self.socket_path and _is_socket(self.socket_path):
+            os.unlink(self.socket_path)  # ours: a later start should not meet it
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_socket_path(path: str) -> None:
+    """A Unix socket path gRPC can bind: short enough for ``sun_path``, in a directory that
+    exists, and not an existing file that is not a socket (gRPC replaces a stale socket)."""
+    where = f"--grpc_socket_path {path}"
+    if len(os.fsencode(path)) > 107:
+        raise StartError(f"{where}: longer than the 107 bytes a Unix socket path may have")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise StartError(f"{where}: {parent} is not a directory")
+    if os.path.lexists(path) and not _is_socket(path):
+        raise StartError(f"{where}: exists and is not a socket")
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False

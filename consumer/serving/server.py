@@ -8,10 +8,12 @@ Both command lines end here: ``python -m consumer.model_server`` (TF Serving's f
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 from consumer import loader
 from consumer.loop import Config, Stats
@@ -28,6 +30,8 @@ from consumer.serving.rest import RestApi
 from shared import cli, layout, logs
 
 log = logs.get("consumer")
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 @dataclass
@@ -52,10 +56,17 @@ class Options:
     allow_unavailable_labels: bool = False
     rest_timeout: float | None = 30.0  # --rest_api_timeout_in_ms, in seconds; None: no limit
     cors: bool = False  # --rest_api_enable_cors_support
-    monitoring_config: Path | None = None  # --monitoring_config_file
     ssl_config: Path | None = None  # --ssl_config_file
     grpc_socket_path: str = ""  # --grpc_socket_path: gRPC on a Unix socket too
     grpc_health: bool = False  # --enable_grpc_healthcheck_service
+
+
+def dir_name(model: str) -> str:
+    """A model's name as one directory name under the work dir: names are not paths, so
+    ``/tmp/x``, ``../x`` or ``.`` cannot write outside it. Plain names stay as they are."""
+    if _PLAIN_NAME.fullmatch(model) and not model.startswith("."):
+        return model
+    return quote(model, safe="").replace(".", "%2E") or "%00"
 
 
 def export_dir_name(export_dir: Path) -> Callable[[], str | None]:
@@ -93,8 +104,13 @@ class ModelServer:
                 self.http = HttpServer(self.rest, self.metrics, options, admission)
             port = options.grpc_port
             if options.grpc_port is not None:
+                # a reload points the server at any directory: an operator's act, taken only
+                # by a server that runs from a config file
+                reload = self.reload_config if options.config_file is not None else None
                 self.grpc = rpc.GrpcServer(self.calls, self.metrics, options, grpc_options,
-                                           self.reload_config, admission)
+                                           reload, admission)
+        except rpc.StartError as err:  # TLS or the Unix socket as configured cannot be used
+            cli.fail(prog, str(err))
         except (OSError, RuntimeError) as err:
             cli.fail(prog, f"cannot listen on {options.host}:{port}: "
                            f"{getattr(err, 'strerror', None) or err}")
@@ -110,7 +126,7 @@ class ModelServer:
     def _model(self, spec: ModelSpec) -> ServedModel:
         work_dir = self.options.work_dir
         if isinstance(spec.name, str) and spec.source == "base":
-            work_dir = work_dir / spec.name  # several models: each its own records
+            work_dir = work_dir / dir_name(spec.name)  # several models: each its own records
         config = replace(self.options.loop, export_dir=spec.base_path, work_dir=work_dir,
                          source=spec.source, mode=loader.SERVE)
         iterations = self.options.warmup_iterations
@@ -138,10 +154,14 @@ class ModelServer:
         log.info("serving", host=self.options.host, port=rest,
                  grpc_port=self.grpc.port if self.grpc else None, models=names,
                  url=f"http://{self.options.host}:{rest}/v1/models/{names[0]}" if rest else None)
+        # The server runs until a stop signal, whatever happens to its models: each model's loop
+        # is supervised on its own thread. Only ``--until-step`` (python -m consumer) ends it
+        # early, once every loop has reached that step or given up on it.
+        until = self.options.loop.until_step is not None
         try:
             while not stop.wait(0.25):
-                if models and all(not m.thread.is_alive() for m in models):
-                    break  # every loop ended: --until-step reached, or a fatal error
+                if until and all(not m.thread.is_alive() for m in models):
+                    break
         finally:
             if watcher is not None:
                 watcher.close()

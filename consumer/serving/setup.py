@@ -38,7 +38,9 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
     loop = Config(export_dir=Path("."), work_dir=args.work_dir, source="base", mode=loader.SERVE,
                   max_regression=args.max_regression, regression_floor=args.regression_floor,
                   gate_dataset=args.gate_dataset, warm_swap=not args.full_loads,
-                  poll=args.poll, rescan=float(rescan) if rescan > 0 else 24 * 3600.0)
+                  poll=args.poll, rescan=float(rescan) if rescan > 0 else 24 * 3600.0,
+                  load_retries=args.max_num_load_retries,
+                  load_retry_interval=args.load_retry_interval_micros / 1e6)
     options = Options(host=args.host, rest_port=args.rest_api_port or None,
                       grpc_port=args.port or None, work_dir=args.work_dir,
                       loop=loop, warmup=args.enable_model_warmup,
@@ -51,7 +53,6 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
                       batching=parameters, max_inflight=args.max_inflight_requests,
                       rest_timeout=args.rest_api_timeout_in_ms / 1000 or None,
                       cors=args.rest_api_enable_cors_support,
-                      monitoring_config=args.monitoring_config_file,
                       ssl_config=args.ssl_config_file, grpc_socket_path=args.grpc_socket_path,
                       grpc_health=args.enable_grpc_healthcheck_service,
                       rest_threads=args.rest_api_num_threads or (many if parameters else
