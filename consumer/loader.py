@@ -147,7 +147,7 @@ def _check_bounds(version: layout.Version) -> None:
     """Before reading anything: the version's files are its own (no symlinks, nothing outside
     the export dir), and its meta graph is not too big to parse."""
     layout.check_confined(version)
-    graph_file = (version.path / "saved_model.pb" if version.kind == "savedmodel"
+    graph_file = (layout.saved_model_file(version.path) if version.kind == "savedmodel"
                   else Path(f"{version.path}.meta"))
     size = graph_file.stat().st_size
     if size > contract.MAX_GRAPH_BYTES:

@@ -41,12 +41,11 @@ def checkpoint_key(prefix: Path) -> str:
 def savedmodel_key(path: Path, tag: str) -> str:
     """The key of the meta graph tagged ``tag`` in the SavedModel at ``path``: the one its
     writer recorded if ``saved_model.pb`` is still what it was computed from."""
-    data = (path / "saved_model.pb").read_bytes()
+    data, model_file = _read(path)
     recorded = _recorded(path)
     if tag in recorded.get("graph_keys", {}) and recorded.get("files") == _digests(path, data):
         return recorded["graph_keys"][tag]
-    model = saved_model_pb2.SavedModel()
-    model.ParseFromString(data)
+    model = _parse(data, model_file)
     meta_graph = next((m for m in model.meta_graphs if tag in m.meta_info_def.tags), None)
     if meta_graph is None:
         raise contract.ContractError(f"SavedModel has no meta graph tagged {tag!r}")
@@ -56,9 +55,8 @@ def savedmodel_key(path: Path, tag: str) -> str:
 def record(path: Path) -> dict:
     """For the writer, before its commit: the keys of every tag's meta graph in the staged
     SavedModel at ``path``, and the hash of the file they come from (for ``commit.json``)."""
-    data = (path / "saved_model.pb").read_bytes()
-    model = saved_model_pb2.SavedModel()
-    model.ParseFromString(data)
+    data, model_file = _read(path)
+    model = _parse(data, model_file)
     keys: dict[str, str] = {}
     for meta_graph in model.meta_graphs:  # the first meta graph with a tag is the one loaded
         for tag in meta_graph.meta_info_def.tags:
@@ -73,6 +71,21 @@ def asset_feeds(export_dir: Path, meta_graph) -> dict[str, str]:
     """Asset tensor name -> that asset's path in ``export_dir``, as the SavedModel loader feeds."""
     return {name: path.decode() if isinstance(path, bytes) else path
             for name, path in loader_impl.get_asset_tensors(str(export_dir), meta_graph).items()}
+
+
+def _read(path: Path) -> tuple[bytes, Path]:
+    model_file = layout.saved_model_file(path)
+    return model_file.read_bytes(), model_file
+
+
+def _parse(data: bytes, model_file: Path):
+    """The ``SavedModel`` message of ``saved_model.pb``, or of its text form ``.pbtxt``."""
+    model = saved_model_pb2.SavedModel()
+    if model_file.suffix == ".pbtxt":
+        text_format.Parse(data.decode("utf-8"), model)
+    else:
+        model.ParseFromString(data)
+    return model
 
 
 def _digests(path: Path, data: bytes) -> dict[str, str]:

@@ -51,6 +51,7 @@ class Source:
 def find_sources(path: Path) -> list[Source]:
     from shared.tfcompat import tf  # noqa: F401 - first, so TF's environment is set
 
+    from google.protobuf import text_format
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
@@ -62,10 +63,14 @@ def find_sources(path: Path) -> list[Source]:
         return [s for version in found if version for s in find_sources(version.path)]
     try:
         if path.is_dir():
-            if not (path / "saved_model.pb").is_file():
+            model_file = layout.saved_model_file(path)
+            if not model_file.is_file():
                 raise InspectError(f"{path} is a directory with no saved_model.pb and no versions")
             model = saved_model_pb2.SavedModel()
-            model.ParseFromString((path / "saved_model.pb").read_bytes())
+            if model_file.suffix == ".pbtxt":
+                text_format.Parse(model_file.read_text(), model)
+            else:
+                model.ParseFromString(model_file.read_bytes())
             return [Source(f"savedmodel-{path.name}-{'-'.join(m.meta_info_def.tags)}", path, m)
                     for m in model.meta_graphs]
         meta_file = path if path.suffix == ".meta" else Path(f"{path}.meta")
@@ -74,7 +79,7 @@ def find_sources(path: Path) -> list[Source]:
                                "export dir")
         meta_graph = meta_graph_pb2.MetaGraphDef()
         meta_graph.ParseFromString(meta_file.read_bytes())
-    except DecodeError as err:
+    except (DecodeError, text_format.ParseError, UnicodeDecodeError) as err:
         raise InspectError(f"{path} does not parse as a TensorFlow protobuf: {err}") from err
     prefix = meta_file.with_suffix("")
     has_variables = Path(f"{prefix}.index").is_file()

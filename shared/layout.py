@@ -351,9 +351,18 @@ def checkpoint_is_complete(prefix: Path) -> bool:
     return bool(shards) and len(shards) == int(shards[0].group(2))
 
 
+def saved_model_file(path: Path) -> Path:
+    """A SavedModel's graph file: ``saved_model.pb``, or ``saved_model.pbtxt`` (its text form,
+    which TF's loader reads too and TF Serving's own ``half_plus_two`` script writes) when
+    there is no binary one."""
+    binary = Path(path) / "saved_model.pb"
+    text = binary.with_suffix(".pbtxt")
+    return text if not binary.is_file() and text.is_file() else binary
+
+
 def savedmodel_is_complete(path: Path) -> bool:
     path = Path(path)
-    return (path / "saved_model.pb").is_file() and (path / "variables" / "variables.index").is_file()
+    return saved_model_file(path).is_file() and (path / "variables" / "variables.index").is_file()
 
 
 # -- the manifest: which model a directory holds -------------------------------------------------

@@ -437,3 +437,60 @@ def test_past_max_inflight_requests_a_request_waits_then_gets_503_and_the_bound_
     status, _, body = RestClient(port).predict("slow", {"instances": [1.0]})
     assert status == 200 and body == {"predictions": [1.5]}  # every admitted one left
     assert server.terminate() == 0, server.stderr
+
+
+def test_a_savedmodel_stored_as_pbtxt_serves_as_its_binary_twin(tmp_path):
+    """TF Serving's ``saved_model_half_plus_two.py`` writes ``saved_model.pbtxt`` with
+    ``--as_text`` (its testdata has ``saved_model_half_plus_two_cpu``'s text twin), and TF's
+    loader reads either form. Both versions of one model here, one of each form: the same
+    metadata and answers, and a swap between them."""
+    base = tmp_path / "hp2"
+    base.mkdir()
+    tfs_models.publish(base, 1, lambda p: tfs_models.half_plus_two(p, as_text=True))
+    assert (base / "1" / "saved_model.pbtxt").is_file()
+    assert not (base / "1" / "saved_model.pb").exists()
+    server, port = start(f"--model_base_path={base}", "--model_name=hp2", "--work_dir",
+                         tmp_path / "work")
+    loaded(server, base, 1)
+    client = RestClient(port)
+    text_answers = [client.predict("hp2", {"instances": [1.0, 2.0, 5.0]}),
+                    client.call("POST", "/v1/models/hp2:classify",
+                                {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]})]
+    text_metadata = client.call("GET", "/v1/models/hp2/versions/1/metadata")[2]
+    tfs_models.publish(base, 2, lambda p: tfs_models.half_plus_two(p))
+    loaded(server, base, 2)
+    binary_answers = [client.predict("hp2", {"instances": [1.0, 2.0, 5.0]}),
+                      client.call("POST", "/v1/models/hp2:classify",
+                                  {"signature_name": "classify_x_to_y",
+                                   "examples": [{"x": 20.0}]})]
+    binary_metadata = client.call("GET", "/v1/models/hp2/versions/2/metadata")[2]
+    client.close()
+    assert [a[2] for a in text_answers] == [{"predictions": [2.5, 3.0, 4.5]},
+                                            {"results": [[["", 12.0]]]}]
+    assert [a[2] for a in binary_answers] == [a[2] for a in text_answers]
+    assert [(a[0], a[1]["x-model-version"]) for a in text_answers] == [(200, "1")] * 2
+    assert text_metadata["metadata"] == binary_metadata["metadata"]
+    assert server.terminate() == 0, server.stderr
+
+
+def test_by_default_both_ports_listen_on_every_interface_as_tf_servings_do(tmp_path):
+    """TF Serving binds "0.0.0.0" (server.cc: the gRPC address and the HTTP server's), so the
+    same command line is reachable from outside a container; the ``serving`` event's url names
+    loopback, where this machine reaches it. Reached here at a non-loopback address of this
+    machine too, when it has one."""
+    import socket
+
+    base = tmp_path / "hp2"
+    base.mkdir()
+    server, port = start(f"--model_base_path={base}", "--model_name=hp2", "--work_dir",
+                         tmp_path / "work")
+    serving = server.named("serving")[0]
+    assert serving["host"] == "0.0.0.0", serving
+    assert serving["url"] == f"http://127.0.0.1:{port}/v1/models/hp2"
+    addresses = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None,
+                                                           socket.AF_INET)}
+    for address in sorted(a for a in addresses if not a.startswith("127.")):
+        client = RestClient(port, host=address)
+        assert client.call("GET", "/v1/models/hp2")[0] == 503  # no version yet: but it answers
+        client.close()
+    assert server.terminate() == 0, server.stderr

@@ -34,19 +34,19 @@ def _signature(inputs: dict, outputs: dict, method: str = PREDICT):
 
 
 def _save(path: Path, graph: tf.Graph, signatures: dict, assets: list | None = None,
-          main_op=None) -> Path:
+          main_op=None, as_text: bool = False) -> Path:
     with v1.Session(graph=graph) as session:
         session.run(v1.global_variables_initializer())
         builder = v1.saved_model.Builder(str(path))
         builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures,
                                              assets_collection=assets, main_op=main_op,
                                              strip_default_attrs=True)
-        builder.save()
+        builder.save(as_text=as_text)  # as_text: saved_model.pbtxt, as TF Serving's script can
     return Path(path)
 
 
 def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0, c: float = 3.0,
-                  with_x2_classifier: bool = False) -> Path:
+                  with_x2_classifier: bool = False, as_text: bool = False) -> Path:
     """TF Serving's test model: y = a*x + b read from tf.Examples, with its predict, regress and
     classify signatures (``saved_model_half_plus_two.py``). ``b`` = 3 gives half_plus_three."""
     graph = tf.Graph()
@@ -72,7 +72,7 @@ def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0, c: float = 3.0,
         }
         if with_x2_classifier:
             signatures["classify_x2_to_y3"] = _signature({"inputs": x2}, {"scores": y3}, CLASSIFY)
-    return _save(path, graph, signatures)
+    return _save(path, graph, signatures, as_text=as_text)
 
 
 class HalfPlusTwo:

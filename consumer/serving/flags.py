@@ -118,11 +118,10 @@ def parser() -> cli.ArgumentParser:
             tfs.add_argument(f"--{name}", type=type(default), default=default,
                              help=argparse.SUPPRESS)
     ours = p.add_argument_group("tf-handoff's own flags")
-    ours.add_argument("--host", default="127.0.0.1",
-                      help="address both ports listen on. Default 127.0.0.1, this machine only, "
-                           "where TF Serving listens on every interface: a model server should "
-                           "not be reachable from a network by accident. 0.0.0.0 or :: for "
-                           "every interface (in a container: 0.0.0.0)")
+    ours.add_argument("--host", default="0.0.0.0",
+                      help="address both ports listen on. Default 0.0.0.0, every interface, as "
+                           "TF Serving (so a container's command line carries over); "
+                           "127.0.0.1 for this machine only")
     ours.add_argument("--work_dir", type=Path, default=Path("work"),
                       help="where evaluations and the gate's decisions are recorded, one "
                            "directory per model (default ./work)")

@@ -69,6 +69,11 @@ def dir_name(model: str) -> str:
     return quote(model, safe="").replace(".", "%2E") or "%00"
 
 
+def _local(host: str) -> str:
+    """An address to reach ``host`` from this machine: every interface is reached at loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+
+
 def export_dir_name(export_dir: Path) -> Callable[[], str | None]:
     """An export dir's model name, once it is known: export.json's ``model``, else (for an
     export dir with versions and no manifest) the directory's own name."""
@@ -153,7 +158,8 @@ class ModelServer:
         rest = self.http.port if self.http else None
         log.info("serving", host=self.options.host, port=rest,
                  grpc_port=self.grpc.port if self.grpc else None, models=names,
-                 url=f"http://{self.options.host}:{rest}/v1/models/{names[0]}" if rest else None)
+                 url=f"http://{_local(self.options.host)}:{rest}/v1/models/{names[0]}"
+                 if rest else None)
         # The server runs until a stop signal, whatever happens to its models: each model's loop
         # is supervised on its own thread. Only ``--until-step`` (python -m consumer) ends it
         # early, once every loop has reached that step or given up on it.
