@@ -90,16 +90,6 @@ class Manager:
         servable.release()
         return servable.loaded
 
-    def swap(self, ready: Loaded) -> Loaded | None:
-        """Make ``ready`` the only available version: the others close after their last
-        request. Returns the previous latest."""
-        previous = self.live
-        self.add(ready)
-        for step in self.steps():
-            if step != ready.version.step:
-                self.remove(step)
-        return previous
-
     def acquire(self, step: int | None = None) -> Servable | None:
         """Version ``step`` (the latest if None), held until its ``release``; None if there is
         no such version available. (``handle`` says the same as a ``with`` block.)"""

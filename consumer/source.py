@@ -264,12 +264,6 @@ class VersionSource:
         """Look again at ``when`` (monotonic) at the latest: a back-off ends then."""
         self._wake_at = when if self._wake_at is None else min(self._wake_at, when)
 
-    def next_version(self, wanted: Callable[[layout.Version], bool],
-                     stop: threading.Event) -> layout.Version | None:
-        """The newest version ``wanted`` accepts, once there is one; None once ``stop`` is set."""
-        listing = self.next_listing(lambda versions: any(map(wanted, versions)), stop)
-        return None if listing is None else [v for v in listing if wanted(v)][-1]
-
     def wake(self) -> None:
         """Read the listing again now (the policy changed: what is wanted may have too)."""
         self._wake.set()

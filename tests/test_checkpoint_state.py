@@ -60,7 +60,7 @@ def test_a_reader_keeps_the_checkpoints_and_treats_an_unreadable_time_as_unknown
                                                ("model.ckpt-200", None)]
     source = VersionSource(root, "checkpoint", rescan=0.1)
     try:
-        newest = source.next_version(lambda version: True, threading.Event())
+        newest = source.next_listing(bool, threading.Event())[-1]
     finally:
         source.close()
     assert (newest.step, newest.recorded_at) == (200, None)

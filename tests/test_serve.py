@@ -257,7 +257,8 @@ def test_a_request_holding_a_handle_keeps_its_version_open_across_a_swap(mlp_exp
         graph = old.imported
         ready = loader.load(newer, loader.SERVE, graph)
         assert ready.load == loader.WARM and ready.session is not old.session
-        manager.swap(ready)  # the new one goes live now, the old one leaves the manager
+        manager.add(ready)  # the new one goes live now, the old one leaves the manager
+        manager.remove(older.step)
         assert manager.live.version.step == newer.step and manager.steps() == [newer.step]
         # the request in flight still runs on its own version, whose session is not idle
         name = old.signatures["serving_default"].inputs["features"].name
