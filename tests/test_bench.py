@@ -22,21 +22,24 @@ def test_quick_bench_prints_every_row_with_figures(tmp_path):
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert [n.split(",")[0].split(" ")[0].rstrip(":") for n in names] == \
-        ["Handoff"] * 6 + ["Memory", "Restore", "Restore", "Checkpoint"] + ["Serving"] * 10 \
+        ["Handoff"] * 6 + ["Memory", "Restore", "Restore", "Checkpoint"] + ["Serving"] * 12 \
         + ["Batching", "No", "Rollback"] + ["Cluster", "Cluster", "Producer"]
     by_name = dict(zip(names, rows[1:]))
     for row in rows[1:7]:
         assert re.search(rf"p50 {TIME}, p95 {TIME}, max {TIME} over \d+ versions", row), row
-    serving = "\n".join(rows[11:21])
+    serving = "\n".join(rows[11:23])
     # a figure's unit follows its size (939 µs on a fast machine, 1.8 ms here): accept each
     assert re.search(rf"\d+ req/s, p50 {TIME}, p99 {TIME}, \d+ failed of \d+", serving)
     assert re.search(rf"staleness.*p50 {TIME}, max {TIME}", serving)
     for name in ("REST predict, mlp, one example", "gRPC predict", "overload"):
         row = next(r for n, r in by_name.items() if name in n)
         assert re.search(r"[\d,]+ (req|answered)/s", row), row
-    assert re.search(r"[\d.]+x without batching", by_name[names[20]])
-    assert re.search(r"0 failed and 0 from a version it did not name", by_name[names[22]])
-    for row in rows[24:27]:  # examples per second of the mlp: alone, and on a local cluster
+    for connections in (64, 256):  # the defaults shed by queueing delay: how many refused
+        row = by_name[f"Serving, {connections} connections, no batching, the defaults (wrk)"]
+        assert re.search(rf"[\d,]+ of [\d,]+ refused, \d+ errors \| p99 \d+x the idle", row), row
+    assert re.search(r"[\d.]+x without batching", by_name[names[22]])
+    assert re.search(r"0 failed and 0 from a version it did not name", by_name[names[24]])
+    for row in rows[26:29]:  # examples per second of the mlp: alone, and on a local cluster
         assert re.search(r"\| [\d,]+ examples/s", row), row
     for note in ("Where a warm handoff's time goes", "Where a full handoff's time goes",
                  "A swap under the serving load", "Where a REST predict's time goes",
