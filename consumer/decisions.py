@@ -52,27 +52,28 @@ class Decisions:
         self._unaccepted: set[str] = set()  # accepts this process took back since its last save
         self._served_changed = False  # this process set ``served`` since its last save
         self._unsaved = False  # a save failed: tried again at the next reload
+        self._news = False  # another writer's decisions merged in since the last reload
         self._failing: str | None = None  # the save's error, logged when it starts
         self.reload()
 
     def reload(self) -> bool:
-        """Read the file again if it changed (an operator's ``accept``); whether it did. A save
-        that failed before is tried again here."""
+        """Read the file again if it changed (an operator's ``accept``); whether another
+        writer's decisions came in since the last call (here, or merged by a save). A save that
+        failed before is tried again here."""
         if self.path is None:
             return False
         if self._unsaved:
             self.save()
         try:
-            stamp = self.path.stat().st_mtime_ns
+            stamp = _stamp(self.path)
         except OSError:  # none yet, or unreadable: what is in memory stands
-            return False
-        if stamp == self._stamp:
-            return False
-        before = (dict(self.refused), set(self.accepted), self.served)
-        self._merge_from_disk(stamp)
-        return (dict(self.refused), set(self.accepted), self.served) != before
+            stamp = None
+        if stamp is not None and stamp != self._stamp:
+            self._merge_from_disk(stamp)
+        news, self._news = self._news, False  # a save's merge may have brought some too
+        return news
 
-    def _merge_from_disk(self, stamp: int) -> None:
+    def _merge_from_disk(self, stamp: tuple) -> None:
         """Take in what another writer saved: its refusals and accepts join ours (an accept
         taken back here stays taken back); the served version is the newer writer's."""
         try:
@@ -83,10 +84,12 @@ class Decisions:
         self._stamp = stamp
         if not isinstance(saved, dict):
             return
+        before = (dict(self.refused), set(self.accepted), self.served)
         self.refused = {**saved.get("refused", {}), **self.refused}
         self.accepted |= set(saved.get("accepted", [])) - self._unaccepted
         if not self._served_changed:
             self.served = saved.get("served", self.served)
+        self._news |= (self.refused, self.accepted, self.served) != before
 
     def set_served(self, entry: dict) -> None:
         self.served = entry
@@ -102,16 +105,16 @@ class Decisions:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with _locked(self.path):
+                # merged whatever its stamp says: two writes within one tick of the kernel's
+                # coarse clock share an mtime, and a small file costs nothing to read
                 try:
-                    stamp = self.path.stat().st_mtime_ns
+                    self._merge_from_disk(_stamp(self.path))
                 except FileNotFoundError:
-                    stamp = None
-                if stamp is not None and stamp != self._stamp:  # another writer's since
-                    self._merge_from_disk(stamp)
+                    pass
                 durable.write_atomic(self.path, json.dumps(
                     {"refused": self.refused, "accepted": sorted(self.accepted),
                      "served": self.served}, indent=1).encode())
-                self._stamp = self.path.stat().st_mtime_ns
+                self._stamp = _stamp(self.path)
         except OSError as err:  # a full or read-only disk: kept in memory, written later
             self._unsaved = True
             if str(err) != self._failing:
@@ -124,6 +127,13 @@ class Decisions:
         if self._failing is not None:
             log.info("record_recovered", path=str(self.path), error=self._failing)
             self._failing = None
+
+
+def _stamp(path: Path) -> tuple:
+    """What tells one write of the file from another: each is a new file renamed into place
+    (a new inode), and its mtime alone may repeat within a clock tick."""
+    stat = path.stat()
+    return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
 
 
 @contextlib.contextmanager

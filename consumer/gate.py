@@ -12,7 +12,9 @@ would serve badly. The live version keeps answering meanwhile, and after a refus
   even when the live loss is 0, and a loss near 0 does not turn every later version away.
 - Decisions last: each refusal, and the version that serves with its score, are recorded in
   ``<work-dir>/gate.json``. After a restart a refused version stays refused and the first
-  candidate is measured against the last one that served. ``python -m consumer.decisions
+  candidate is measured against the last one that served, if that one is still on disk.
+- Only a version that would replace the live one as the latest is compared with it: an older
+  one kept by a policy, or rolled back to, replaces nothing. ``python -m consumer.decisions
   accept`` lets an operator take a refused version on purpose.
 """
 
@@ -22,11 +24,12 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 from consumer import evaluate
 from consumer.decisions import DECISIONS, Decisions, identity_key
 from consumer.loader import Loaded
-from shared import datasets, logs
+from shared import datasets, layout, logs
 
 log = logs.get("consumer")
 
@@ -47,6 +50,7 @@ class Gate:
         self._data: dict[tuple, datasets.Dataset] = {}  # (spec, its files) -> the dataset
         self._scores: dict[tuple, float] = {}  # (version identity, data) -> its loss
         self._stamp: tuple = ()  # the data of the check in progress
+        self._gone_logged: str | None = None  # the served path last logged as gone
 
     # -- what was decided ---------------------------------------------------------------------
 
@@ -74,9 +78,31 @@ class Gate:
 
     # -- the check --------------------------------------------------------------------------------
 
-    def check(self, ready: Loaded, live: Loaded | None) -> str | None:
+    def admit(self, ready: Loaded, live: Loaded | None,
+              prepare: Callable[[Loaded], None] | None) -> str | None:
+        """Why ``ready`` is refused, or None: its warm-up requests (``prepare``), then the check.
+        Only a version that would replace ``live`` as the latest (a newer number, or the live
+        one written anew) is compared with it. An older one, kept by a policy (``latest {2}``,
+        ``specific``, ``all``) or rolled back to by a label, replaces nothing: it gets the checks
+        that need no comparison (warm-up, NaN or infinite metrics), never the regression one."""
+        try:
+            if prepare is not None:
+                started = time.perf_counter()
+                prepare(ready)
+                ready.phases["warm_up_requests"] = time.perf_counter() - started
+        except Refused as refused:
+            if not self.is_accepted(ready.version.identity):
+                return str(refused)
+        except Exception as err:  # its warm-up broke a limit (a MemoryError): the version's
+            if not self.is_accepted(ready.version.identity):  # fault, not the server's
+                return f"its warm-up failed: {type(err).__name__}: {err}"[:500]
+        older = live is not None and ready.version.step < live.version.step
+        return self.check(ready, live, compare=not older)
+
+    def check(self, ready: Loaded, live: Loaded | None, compare: bool = True) -> str | None:
         """Score ``ready`` on the gate's data (if it follows our contract) and say why it is
-        refused, or None. ``live`` is the version it would replace as the latest, if any."""
+        refused, or None. ``live`` is the live version (its data is the gate's); ``compare``
+        False skips the regression check (``ready`` replaces nothing)."""
         if self.is_accepted(ready.version.identity):
             log.warning("gate_overridden", step=ready.version.step, path=str(ready.version.path),
                         reason="an operator accepted this version")
@@ -92,8 +118,8 @@ class Gate:
             ready.metrics = {"error": f"{type(err).__name__}: {err}"[:500]}
         # Scored only where a limit needs it; and the candidate's score is kept, for when it
         # is live and the next one is measured against it: one evaluation a swap, not two.
-        reference = self._reference(live, spec, data) if self.max_regression is not None \
-            else None
+        reference = self._reference(ready, live, spec, data) \
+            if self.max_regression is not None and compare else None
         if "loss" in ready.metrics:
             self._remember(ready, ready.metrics["loss"])
         ready.phases["gate"] = time.perf_counter() - started
@@ -116,19 +142,35 @@ class Gate:
         self._stamp = stamp
         return key, self._data[stamp]
 
-    def _reference(self, live: Loaded | None, spec: str, data) -> float | None:
+    def _reference(self, ready: Loaded, live: Loaded | None, spec: str, data) -> float | None:
         """The loss of the version ``ready`` would replace, on the same data."""
         if live is None:
-            served = self.decisions.served
-            if served and json.dumps(served["dataset"], sort_keys=True) == spec:
-                return served["loss"]
-            return None
+            return self._served_reference(ready, spec)
         if live.serving is None:
             return None
         key = (live.version.identity, self._stamp)
         if key not in self._scores:
             self._remember(live, evaluate.evaluate(live, data).get("loss"))
         return self._scores[key]
+
+    def _served_reference(self, ready: Loaded, spec: str) -> float | None:
+        """With nothing live (the first candidate after a start), the loss of the version that
+        served last, if it is still on disk. One that has left the disk can never serve again:
+        measured against it, every remaining version could be refused and the model go dark
+        with versions on disk. So the first candidate is then compared to nothing (warm-up and
+        non-finite metrics still refuse it), and once live it is the reference."""
+        served = self.decisions.served
+        if not served or json.dumps(served["dataset"], sort_keys=True) != spec:
+            return None
+        if _listed(Path(served["path"]), ready):
+            return served["loss"]
+        if self._gone_logged != served["path"]:
+            self._gone_logged = served["path"]
+            log.warning("gate_reference_gone", step=served["step"], path=served["path"],
+                        candidate_step=ready.version.step,
+                        reason="the version that served last has left the disk and none is "
+                               "live: the first candidate is not compared with its loss")
+        return None
 
     def _remember(self, loaded: Loaded, loss: float | None) -> None:
         """Keep the scores of the last two versions scored on the current data only."""
@@ -153,6 +195,16 @@ class Gate:
                     f"{limit:.6g} (the live version's {reference:.6g}, --max-regression "
                     f"{self.max_regression:g})")
         return None
+
+
+def _listed(path: Path, ready: Loaded) -> bool:
+    """Whether ``path`` is a version in the listing ``ready`` comes from (True if the listing
+    cannot be read now: a version is not taken as gone on a transient error)."""
+    try:
+        return any(v.path == path for v in layout.versions(ready.version.root,
+                                                           ready.version.listing))
+    except OSError:
+        return True
 
 
 def _files_stamp(spec: dict, root: Path) -> tuple:

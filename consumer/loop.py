@@ -23,11 +23,10 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 from consumer import gate, loader
+from consumer.loop_config import Config, Policy, Stats, VersionEvents, latest, rss_mb
 from consumer.manager import Manager
 from consumer.retries import FINAL, STILL_WRITTEN, LoadRetries
 from consumer.source import VersionSource
@@ -36,64 +35,9 @@ from shared import commit, layout, logs
 
 log = logs.get("consumer")
 
-Policy = Callable[[list[layout.Version]], list[layout.Version]]  # wanted versions, newest first
+__all__ = ["Config", "Consumer", "PASS_BACKOFF", "Policy", "Stats", "VersionEvents", "latest"]
+
 PASS_BACKOFF = (0.5, 30.0)  # seconds before a failed pass runs again: first, and at most
-
-
-def latest(count: int = 1) -> Policy:
-    """The ``count`` newest versions (TF Serving's default policy, with ``count`` 1)."""
-    return lambda listing: list(reversed(listing))[:count]
-
-
-@dataclass(frozen=True)
-class Config:
-    export_dir: Path  # an export dir, or a TF Serving base path (source "base")
-    work_dir: Path
-    source: str  # "savedmodel" or "checkpoint" in an export dir, or "base"
-    mode: str  # loader.EVALUATE, loader.TRAIN or loader.SERVE
-    train_steps: int = 100
-    max_regression: float | None = None  # serve mode: refuse a loss this fraction above live
-    warm_swap: bool = True  # restore a version of the live graph into its standby session
-    until_step: int | None = None
-    poll: float | None = None
-    rescan: float = 5.0
-    max_publish_failures: int = 3  # train mode: in a row, then the loop gives up
-    regression_floor: float = gate.REGRESSION_FLOOR  # serve mode: see consumer.gate
-    gate_dataset: dict | None = None  # serve mode: the data every candidate is scored on
-    load_retries: int = 0  # a failed load is tried again this many times (model_server: 5)...
-    load_retry_interval: float = 60.0  # ...this many seconds apart (consumer.retries)
-
-
-@dataclass
-class Stats:
-    loaded: list[int] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    handoff_seconds: list[float] = field(default_factory=list)
-    fatal: str | None = None  # why the loop gave up, in one line: the process exits 1
-
-
-class VersionEvents(Protocol):
-    """Told what happens to each version (serve mode: the server's status and metrics)."""
-
-    def loading(self, step: int) -> None: ...
-
-    def went_live(self, step: int) -> None: ...
-
-    def refused(self, step: int, reason: str, cause: str) -> None: ...
-
-    def unloaded(self, step: int) -> None: ...
-
-
-def _rss_mb() -> float | None:
-    """Resident memory of this process, for watching it stay flat over reloads (Linux)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
 
 
 class Consumer:
@@ -183,9 +127,13 @@ class Consumer:
 
     def wanted(self, listing: list[layout.Version]) -> list[layout.Version]:
         """What the policy asks for among the versions not refused, newest first."""
-        return self.policy([v for v in listing if v.identity not in self.refused
-                            and not self.gate.is_refused(v.identity)
+        return self.policy([v for v in listing if not self.is_refused(v.identity)
                             and not self.retries.blocked(v)])
+
+    def is_refused(self, identity: tuple) -> bool:
+        """Whether the gate refused this version (in this run, or in gate.json: a refusal
+        outlives a restart) and no operator accepted it since."""
+        return identity in self.refused or self.gate.is_refused(identity)
 
     def _has_work(self, listing: list[layout.Version]) -> bool:
         if self.gate.decisions.reload():  # an operator accepted a refused version
@@ -251,7 +199,7 @@ class Consumer:
             return False
         self.retries.succeeded(version)
         if self.config.mode == loader.SERVE:
-            reason = self._gate(ready, live)
+            reason = self.gate.admit(ready, live, self.prepare)
             if reason is not None:
                 self._promotion_refused(ready, live, reason)
                 return False
@@ -275,28 +223,11 @@ class Consumer:
                  load=ready.load, ready_at=ready_at, load_seconds=round(ready.load_seconds, 4),
                  handoff_seconds=round(handoff, 4),
                  phases={k: round(v, 4) for k, v in ready.phases.items()},
-                 replaced_step=replaced.version.step if replaced else None, rss_mb=_rss_mb())
+                 replaced_step=replaced.version.step if replaced else None, rss_mb=rss_mb())
         if self.config.mode != loader.SERVE and replaced is not None and \
                 replaced.version.step != version.step:
             self._unload(replaced.version.step, "superseded")  # one version at a time here
         return True
-
-    def _gate(self, ready: loader.Loaded, live: loader.Loaded | None) -> str | None:
-        """Why the gate refuses ``ready``, or None. It is compared with the live version only
-        if it would replace it as the latest."""
-        try:
-            if self.prepare is not None:
-                started = time.perf_counter()
-                self.prepare(ready)
-                ready.phases["warm_up_requests"] = time.perf_counter() - started
-        except gate.Refused as refused:
-            if not self.gate.is_accepted(ready.version.identity):
-                return str(refused)
-        except Exception as err:  # its warm-up broke a limit (a MemoryError): the version's
-            if not self.gate.is_accepted(ready.version.identity):  # fault, not the server's
-                return f"its warm-up failed: {type(err).__name__}: {err}"[:500]
-        newer = live is None or ready.version.step > live.version.step
-        return self.gate.check(ready, live if newer else None)
 
     def _load_failed(self, version: layout.Version, error: str, stamp: tuple | None) -> None:
         """A failed load: a vanished version is superseded, one still being copied in is tried

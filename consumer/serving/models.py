@@ -25,7 +25,7 @@ from shared import layout, logs
 
 log = logs.get("consumer")
 
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+START, LOADING, AVAILABLE, END = "START", "LOADING", "AVAILABLE", "END"
 MAX_ENDED = 100  # versions kept in the status after they ended (TF Serving keeps them all)
 
 # What a version's failure reads as in its status: TF's error class, at the head of the message.
@@ -108,14 +108,44 @@ class ServedModel:
             backoff = min(backoff * 2, 30.0)
 
     def start(self) -> None:
+        self._expect(self.consumer.policy, self.labels)
         self.thread.start()
 
     def update(self, policy: Policy, labels: dict[str, int]) -> None:
         """A reloaded config's policy and labels, in place: the labels move at once (one dict
         replaced by another), and the loop reconciles the versions with the policy now."""
+        self._expect(policy, labels)  # before the labels move: a request never finds neither
         self.consumer.policy = policy
         self.labels = dict(labels)
         self.consumer.source.wake()
+
+    def loadable(self, listing: list[layout.Version]) -> list[layout.Version]:
+        """The versions of ``listing`` the loop may load: those the gate has not refused."""
+        return [v for v in listing if not self.consumer.is_refused(v.identity)]
+
+    def _expect(self, policy: Policy, labels: dict[str, int]) -> None:
+        """Mark START (TF Serving's state for a version aspired to, not loading yet) each
+        version a label points at that the policy is about to load: a request by that label
+        then answers UNAVAILABLE (retryable) until it is ready, not NOT_FOUND (final). A START
+        no label expects any more is dropped: that version is not coming."""
+        listing = listing_of(self.base_path, self.config.source)
+        with self._lock:  # a refusal's END, set under this lock, lands after us or is seen
+            wanted = {v.step for v in policy(self.loadable(listing))}
+            coming = set(labels.values()) & wanted
+            available = set(self.manager.steps())
+            for step in [s for s, v in self.states.items() if v.state == START]:
+                if step not in coming:
+                    del self.states[step]
+            for step in coming - available:
+                state = self.states.get(step)
+                if state is None or (state.state == END and state.error_code == "OK"):
+                    self.states[step] = VersionState(START)
+
+    def expected(self, step: int) -> bool:
+        """Whether ``step`` is on its way to available (START or LOADING), not ended."""
+        with self._lock:
+            state = self.states.get(step)
+        return state is not None and state.state in (START, LOADING)
 
     def wait_available(self, timeout: float) -> bool:
         """Whether a version became available within ``timeout`` (or its loop ended)."""
@@ -124,10 +154,6 @@ class ServedModel:
                 time.monotonic() < deadline:
             self._available.wait(0.05)
         return bool(self.manager.steps())
-
-    def on_disk(self) -> set[int]:
-        """The version numbers under its base path now."""
-        return {v.step for v in layout.versions(self.base_path, self.config.source)}
 
     def finish(self, timeout: float | None = None) -> None:
         """Stop its loop (a load in progress completes first) and close its versions; each
@@ -164,9 +190,12 @@ class ServedModel:
 
     def _set(self, step: int, state: VersionState) -> None:
         with self._lock:
-            if step in self.states and self.states[step].state == AVAILABLE and \
-                    state.state == END and step in self.manager.steps():
-                return  # a rewrite of an available version was refused: the old one serves
+            if state.state in (LOADING, END) and step in self.manager.steps() and \
+                    self.states.get(step, state).state == AVAILABLE:
+                # a rewrite of an available version loads, or was refused: the old one answers
+                # meanwhile, and the status says what answers (``unloaded`` comes after the
+                # manager let go of it, so a version that ends still ends)
+                return
             self.states[step] = state
             ended = sorted(s for s, v in self.states.items() if v.state == END)
             for old in ended[:-MAX_ENDED]:
@@ -247,6 +276,11 @@ class Models:
         step = model.resolve(version, label)
         servable = model.manager.acquire(step)
         if servable is None:
+            if label is not None and model.expected(step):
+                # TF Serving never gets here (a label may only point at a version available);
+                # a label we let point at a version on its way says so as retryable
+                raise ServingError("UNAVAILABLE", f"version {step} of model {name}, which label "
+                                                  f"{label} points at, is not ready yet")
             raise _unavailable(name, step)
         return servable
 
@@ -259,6 +293,14 @@ class Models:
             yield servable
         finally:
             servable.release()
+
+
+def listing_of(base_path: Path, source: str) -> list[layout.Version]:
+    """The versions under ``base_path`` now; none if it cannot be read (its source logs that)."""
+    try:
+        return layout.versions(base_path, source)
+    except OSError:
+        return []
 
 
 def _unknown(name: str, step: int | None) -> ServingError:

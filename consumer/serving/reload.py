@@ -9,7 +9,9 @@ when it changes, with ``--model_config_file_poll_wait_seconds`` > 0) or from gRP
 - TF Serving's label rule holds: a label may only point at an available version. Two
   improvements: a label may also point at a version on disk that the new policy loads (it
   answers once that version is ready, so adding a version and its label takes one push, not
-  two), and at start nothing has to be loaded yet for that. With
+  two), and at start nothing has to be loaded yet for that; a request by such a label answers
+  ``UNAVAILABLE`` (retryable) until the version is ready. A version the gate refused is never
+  going to be available: a label at it is refused as TF Serving refuses it. With
   ``--allow_version_labels_for_unavailable_models``, a new (or unchanged) label may point at any
   version, as in TF Serving.
 - A bad config is refused whole, with one line, and the running one stays. Reloads run one at
@@ -32,8 +34,8 @@ from watchdog.observers import Observer
 
 from consumer.serving import config
 from consumer.serving.errors import ServingError
-from consumer.serving.models import ModelSpec, Models, ServedModel
-from shared import layout, logs
+from consumer.serving.models import ModelSpec, Models, ServedModel, listing_of
+from shared import logs
 
 log = logs.get("consumer")
 
@@ -57,7 +59,10 @@ class Reloader:
             available = set(model.manager.steps()) if model is not None and \
                 model.base_path == spec.base_path else set()
             old = model.labels if model is not None else {}
-            wanted = {v.step for v in spec.policy(_listing(spec))}
+            listing = listing_of(spec.base_path, spec.source)
+            if model is not None and model.base_path == spec.base_path:
+                listing = model.loadable(listing)  # a refused version will never be available
+            wanted = {v.step for v in spec.policy(listing)}
             for label, version in spec.labels.items():
                 if version in available or version in wanted:
                     continue
@@ -157,13 +162,6 @@ class Reloader:
         if missing:
             raise ServingError("UNKNOWN", f"{len(missing)} model(s) did not become available: "
                                           f"{', '.join(missing)}")
-
-
-def _listing(spec: ModelSpec) -> list:
-    try:
-        return layout.versions(spec.base_path, spec.source)
-    except OSError:  # unreadable now: its source logs that; no version there is known
-        return []
 
 
 def _is_dir(path: Path) -> bool:
