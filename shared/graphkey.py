@@ -162,6 +162,19 @@ def _canonical_bytes(meta_graph) -> bytes:
         copy.CopyFrom(function)
     del meta_graph.graph_def.library.function[:]
     meta_graph.graph_def.library.function.extend(copies)
+    # A map is printed sorted by its keys, so the object graph's concrete functions (keyed by
+    # function name) are renamed here, before printing: renamed after, they would keep the
+    # order of their numbered names, which flips when two numbers straddle a power of ten
+    # (``signature_wrapper_995`` and ``_1002``) and the same graph would get another key.
+    concrete = meta_graph.object_graph_def.concrete_functions
+    renamed = []
+    for name, function in concrete.items():
+        copy = type(function)()
+        copy.CopyFrom(function)
+        renamed.append((names.get(name, name), copy))
+    concrete.clear()
+    for name, function in renamed:
+        concrete[name].CopyFrom(function)
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(
         re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?!\w)")
     text = text_format.MessageToString(meta_graph, as_utf8=True)
