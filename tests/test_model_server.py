@@ -398,45 +398,57 @@ def test_a_request_runs_to_its_end_on_its_version_across_swaps(tmp_path):
     assert spanning >= 20
 
 
-def test_past_max_inflight_requests_a_request_waits_then_gets_503_and_the_bound_is_released(
-        tmp_path):
-    """Without batching, ``--max_inflight_requests`` bounds the requests running at once. One
-    past it waits for a place, at most half of ``--rest_api_timeout_in_ms`` (the other half is
-    its run's), then gets 503. Six clients at once against a bound of two, each request about
-    a second long, a timeout of 3 s: two run, two wait and run next, the last two wait 1.5 s
-    and are refused. Once they end, the bound is free again."""
-    base = tmp_path / "slow"
-    base.mkdir()
-    versions = tfs_models.HalfPlusTwo(spin=160000)  # 20,000 turns took 130 ms here
-    tfs_models.publish(base, 1, lambda p: versions.save(p, b=1.0))
-    versions.close()
-    server, port = start(f"--model_base_path={base}", "--model_name=slow", "--work_dir",
-                         tmp_path / "work", "--max_inflight_requests=2",
-                         "--rest_api_num_threads=6", "--rest_api_timeout_in_ms=3000")
-    loaded(server, base, 1)
-    together, answers = threading.Barrier(6), []
+def _together(port: int, model: str, clients: int) -> list[tuple[int, dict]]:
+    """``clients`` predicts sent at once, each on its own connection: (status, body) each."""
+    together, answers = threading.Barrier(clients), []
 
     def client() -> None:
         mine = RestClient(port)
-        mine.call("GET", "/v1/models/slow")  # connected before the barrier
+        mine.call("GET", f"/v1/models/{model}")  # connected before the barrier
         together.wait()
-        status, _, body = mine.predict("slow", {"instances": [1.0]})
+        status, _, body = mine.predict(model, {"instances": [1.0]})
         answers.append((status, body))
         mine.close()
 
-    threads = [threading.Thread(target=client) for _ in range(6)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    refused = [body for status, body in answers if status == 503]
-    answered = [body for status, body in answers if status == 200]
-    assert len(answers) == 6 and refused and len(answered) >= 3, answers  # some waited, ran
-    assert all("--max_inflight_requests" in body["error"] for body in refused), refused
-    assert all(body == {"predictions": [1.5]} for status, body in answers if status == 200)
-    status, _, body = RestClient(port).predict("slow", {"instances": [1.0]})
-    assert status == 200 and body == {"predictions": [1.5]}  # every admitted one left
-    assert server.terminate() == 0, server.stderr
+    return answers
+
+
+def test_past_max_inflight_requests_a_request_waits_then_gets_503_and_the_bound_is_released(
+        tmp_path):
+    """Without batching, ``--max_inflight_requests`` bounds the requests running at once. One
+    past it waits for a place, at most half of ``--rest_api_timeout_in_ms`` (the other half is
+    its run's), then gets 503. Against a bound of two: six quick requests at once all wait
+    their turn and are answered (the old bound answered four of them 503 at once); four slow
+    ones with a 1 s timeout: two run (and meet the timeout, 504), two wait 0.5 s and get 503.
+    Once they end, the bound is free again."""
+    versions = {"quick": tfs_models.HalfPlusTwo(spin=40000), "slow":  # 20,000 turns: 130 ms
+                tfs_models.HalfPlusTwo(spin=640000)}
+    servers = {}
+    for name, flags in (("quick", ()), ("slow", ("--rest_api_timeout_in_ms=1000",))):
+        base = tmp_path / name
+        base.mkdir()
+        tfs_models.publish(base, 1, lambda p: versions[name].save(p, b=1.0))
+        versions[name].close()
+        server, port = start(f"--model_base_path={base}", f"--model_name={name}",
+                             "--work_dir", tmp_path / f"work-{name}", "--max_inflight_requests=2",
+                             "--rest_api_num_threads=6", *flags)
+        loaded(server, base, 1)
+        servers[name] = server, port
+    quick = _together(servers["quick"][1], "quick", 6)
+    assert quick == [(200, {"predictions": [1.5]})] * 6, quick
+    slow = sorted(_together(servers["slow"][1], "slow", 4), key=lambda answer: answer[0])
+    assert [status for status, _ in slow] == [503, 503, 504, 504], slow
+    assert all("--max_inflight_requests" in body["error"] for _, body in slow[:2]), slow
+    for server, port in servers.values():
+        status, _, body = RestClient(port).predict("quick", {"instances": [1.0]}) \
+            if server is servers["quick"][0] else (200, None, {"predictions": [1.5]})
+        assert status == 200 and body == {"predictions": [1.5]}  # every admitted one left
+        assert server.terminate() == 0, server.stderr
 
 
 def test_a_savedmodel_stored_as_pbtxt_serves_as_its_binary_twin(tmp_path):

@@ -152,6 +152,13 @@ def test_reloads_replace_empty_and_move_models_and_the_server_serves_on(tmp_path
         status, headers, body = client.predict("keep", {"instances": [1.0]})
         assert status == 200 and headers["x-model-version"] == "2"
         assert client.predict("a", {"instances": [1.0]})[0] == 404
+        # the removed model's metrics series go once it is unloaded (issue 27 item 8)
+        deadline = time.monotonic() + 10
+        while '"a"' in (page := client.call("GET", "/monitoring/prometheus/metrics")[2].decode()):
+            assert time.monotonic() < deadline, [line for line in page.splitlines()
+                                                 if '"a"' in line][:5]
+            time.sleep(0.1)
+        assert '"b"' in page
         # one inotify instance for every model's source (the kernel allows a user 128), and
         # one for the config file's watcher
         assert _inotify_instances(server.popen.pid) <= 2

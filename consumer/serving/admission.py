@@ -12,8 +12,16 @@ What is left here is ``--max_inflight_requests``: the most requests *running* at
 protocols together (queued ones do not count, nor does a REST request before its body is read).
 One past it waits for a place, at most ``max_wait``, then gets 503 / UNAVAILABLE. With the
 default thread pools (2 REST, 4 gRPC) 32 is never reached; it bounds the model's concurrency
-when the pools are made larger. With batching, the batch queue's own bounds do this, and
-there is none here.
+when the pools are made larger.
+
+With batching the bound holds too, counted as the model runs: a batch takes one place, as one
+``Session.run`` does without batching. The request that opens a batch keeps its place for the
+batch until it is answered; one that joins a batch gives its place back (``give_back``) once it
+is queued. So a batch fills up to ``max_batch_size`` whatever the bound (64 one-row requests
+make one batch under the default 32, which counting each waiting request would forbid), and
+the bound still bounds memory: each place holds one request being parsed or answered, or one
+batch of at most ``max_batch_size`` rows, and the requests that joined it wait under their
+queue's ``max_enqueued_batches``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ from consumer.serving.errors import ServingError
 
 DEFAULT_MAX_WAIT = 15.0  # seconds: half TF Serving's default REST timeout, 30 s
 QUEUE_SHARE = 0.5  # of the REST timeout, the most a request may spend waiting to run
+
+# The place this thread's request holds, if any: a request is parsed, run and answered on one
+# thread (a REST worker, a gRPC handler), so the batcher can give back the place of the
+# request it queues without being handed the Admission.
+_held = threading.local()
 
 
 def queue_bound(rest_timeout: float | None) -> float:
@@ -54,13 +67,28 @@ class Admission:
                                                   "of --max_inflight_requests, and none ended "
                                                   f"within {wait * 1000:.0f} ms: try again")
             self._running += 1
+        _held.admission = self
 
     def leave(self) -> None:
-        if self.limit is None:
+        """The place of this thread's request is free (none if it was given back)."""
+        if self.limit is None or getattr(_held, "admission", None) is not self:
             return
+        _held.admission = None
         with self._free:
             self._running -= 1
             self._free.notify()
 
+    @property
+    def running(self) -> int:
+        return self._running
+
     def _has_room(self) -> bool:
         return self._running < self.limit
+
+
+def give_back() -> None:
+    """This thread's request joined a batch that holds a place already: its own is free now
+    (and its ``leave`` will do nothing). Without a place held, nothing happens."""
+    admission = getattr(_held, "admission", None)
+    if admission is not None:
+        admission.leave()

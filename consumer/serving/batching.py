@@ -2,116 +2,46 @@
 ``--batching_parameters_file``): concurrent requests for the same version, signature, inputs and
 outputs are merged into one ``Session.run`` and split back.
 
-- A request joins the batch being formed for its version and tensors, if it fits; a batch runs
-  when it is full, when ``batch_timeout_micros`` have passed since its first request, or (with a
-  timeout of 0) as soon as a batch thread is free. Requests are concatenated along dimension 0,
-  in the order they came; each gets its own rows back.
-- A batch never mixes versions: each version has its own batches, and a swap closes the batch
-  being formed for the version it replaces, which runs at once.
+- Each version and tensor signature has its own queue, with its own ``max_enqueued_batches``
+  bound, as TF Serving gives each its own (servables/tensorflow/bundle_factory_util.cc:147-161,
+  ``AddQueue`` per signature; batching/batching_session.cc:284, 326-337): one busy model never
+  makes an idle one answer 503. A queue exists while it holds a batch, so the versions swapped
+  away leave nothing behind. The batch threads go round the queues, one batch from each in
+  turn (TF's ``SharedBatchScheduler``, once tensorflow_serving/batching/shared_batch_scheduler.h
+  :72-75).
+- A request joins the batch being formed in its queue, if it fits; if not, that batch is closed
+  and a new one opened (``Queue::Schedule``, shared_batch_scheduler.h:533-542). A batch runs
+  when it is closed or full, when ``batch_timeout_micros`` have passed since it opened, or (with
+  a timeout of 0) as soon as a batch thread is free. Requests are concatenated along dimension
+  0, in the order they came; each gets its own rows back.
+- A batch never mixes versions: a swap closes the batches of the version it replaces, which run
+  at once.
 - ``allowed_batch_sizes``: a batch is padded up to the next allowed size with copies of the
   last request's first row. ``pad_variable_length_inputs``: inputs whose dimensions after the
   first differ are padded up to the largest, with that tensor's own first value (TF Serving's
-  rule). One failure fails the whole batch, as in TF Serving.
-- A full queue (``max_enqueued_batches`` batches waiting) answers UNAVAILABLE (503) at once.
+  rule). A request that cannot join the others fails alone (``consumer.serving.batch_merge``);
+  a failure of the run fails the whole batch, as in TF Serving.
+- A full queue (``max_enqueued_batches`` batches in it) answers UNAVAILABLE (503) at once, and
+  so does every request after ``close``.
+- With ``--max_inflight_requests``, a batch holds one place (``consumer.serving.admission``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
 
 from consumer.loader import Loaded
-from consumer.serving import inference
+from consumer.serving import admission, batch_merge, inference
+from consumer.serving.batching_parameters import (  # noqa: F401 - the callers' names
+    MAX_BATCH_THREADS, Parameters, load_parameters, parse_parameters)
 from consumer.serving.errors import ServingError, invalid
 
-
-MAX_BATCH_THREADS = 256  # threads a batching parameters file may ask for (each one is real)
-
-
-@dataclass(frozen=True)
-class Parameters:
-    """TF Serving's BatchingParameters, with its defaults for the fields left out."""
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    num_batch_threads: int = os.cpu_count() or 2
-    allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-
-
-def _batching_parameters_class():
-    """The ``BatchingParameters`` message of TF Serving's ``session_bundle_config.proto``,
-    which the tensorflow-serving-api package does not ship: built here with its field names,
-    numbers and wrapper types, so that its text format reads as TF Serving reads it."""
-    file = descriptor_pb2.FileDescriptorProto(
-        name="tf_handoff/batching_parameters.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-    message = file.message_type.add(name="BatchingParameters")
-    fields = [("max_batch_size", 1, "Int64Value"), ("batch_timeout_micros", 2, "Int64Value"),
-              ("max_enqueued_batches", 3, "Int64Value"), ("num_batch_threads", 4, "Int64Value"),
-              ("thread_pool_name", 5, "StringValue"),
-              ("enable_large_batch_splitting", 8, "BoolValue"),
-              ("max_execution_batch_size", 9, "Int64Value")]
-    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-    for name, number, wrapper in fields:
-        message.field.add(name=name, number=number, label=optional,
-                          type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-                          type_name=f".google.protobuf.{wrapper}")
-    message.field.add(name="allowed_batch_sizes", number=6,
-                      label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
-                      type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64)
-    message.field.add(name="pad_variable_length_inputs", number=7, label=optional,
-                      type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
-def parse_parameters(text: str, where: str) -> Parameters:
-    """A ``--batching_parameters_file``'s text, checked as TF Serving checks it (and for an
-    increasing ``allowed_batch_sizes``, which its docs require); ``ValueError``, one line."""
-    message = _batching_parameters_class()()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as err:
-        raise ValueError(f"Invalid protobuf file: '{where}': {err}") from None
-    values = {name: getattr(message, name).value for name in
-              ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
-               "num_batch_threads") if message.HasField(name)}
-    parameters = Parameters(**values, allowed_batch_sizes=tuple(message.allowed_batch_sizes),
-                            pad_variable_length_inputs=message.pad_variable_length_inputs)
-    for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
-        if getattr(parameters, name) < 1:
-            raise ValueError(f"{where}: {name} must be at least 1")
-    if parameters.num_batch_threads > MAX_BATCH_THREADS:  # each is a thread: checked first
-        raise ValueError(f"{where}: num_batch_threads {parameters.num_batch_threads} is over "
-                         f"the limit of {MAX_BATCH_THREADS}")
-    sizes = parameters.allowed_batch_sizes
-    if sizes and sizes[-1] != parameters.max_batch_size:
-        raise ValueError(f"Last entry in allowed_batch_sizes must match max_batch_size; last "
-                         f"entry was {sizes[-1]}; expected {parameters.max_batch_size}")
-    if any(a >= b for a, b in zip(sizes, sizes[1:])) or (sizes and sizes[0] < 1):
-        raise ValueError(f"{where}: allowed_batch_sizes must increase, from 1 or more")
-    return parameters
-
-
-def load_parameters(path: Path | None) -> Parameters:
-    if path is None:
-        return Parameters()
-    try:
-        return parse_parameters(Path(path).read_text(), str(path))
-    except OSError as err:
-        raise ValueError(f"cannot read batching parameters file {path}: {err.strerror}") from None
+SHUTTING_DOWN = "the server is shutting down"
 
 
 @dataclass
@@ -132,16 +62,18 @@ class _Batch:
     tasks: list[_Task] = field(default_factory=list)
     size: int = 0
     opened: float = 0.0
-    closed: bool = False  # a swap closed it: it runs at once, whatever its size
+    closed: bool = False  # a newer batch or a swap closed it: it runs at once, whatever its size
 
 
 class Batcher:
-    """The batch queues of every version and tensors, and the threads that run them."""
+    """The batch queues of every version and tensor signature, and the threads that run them."""
 
     def __init__(self, parameters: Parameters, metrics=None) -> None:
         self.parameters = parameters
         self.metrics = metrics
-        self._pending: list[_Batch] = []  # oldest first; the last per key is the one forming
+        # key -> its batches, oldest first (only the last may be open); in the order the
+        # threads serve them next. A queue is dropped once its last batch is taken.
+        self._queues: dict[tuple, deque[_Batch]] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
@@ -149,48 +81,76 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def queues(self) -> int:
+        """The queues holding a batch now (the state kept: it shrinks back to 0)."""
+        with self._cond:
+            return len(self._queues)
+
     def run(self, loaded: Loaded, feeds: dict[str, np.ndarray], fetches: tuple[str, ...]) -> list:
         """A request's run, in a batch with others: its outputs, its rows only."""
-        arrays = [np.asarray(a) for a in feeds.values()]
+        names = tuple(sorted(feeds))  # one queue whatever order a client named its inputs in
+        arrays = [np.asarray(feeds[name]) for name in names]
         size = _task_size(arrays)
         if size > self.parameters.max_batch_size:
             raise invalid(f"Task size {size} is larger than maximum input batch size "
                           f"{self.parameters.max_batch_size}")
+        if self.parameters.pad_variable_length_inputs:
+            batch_merge.check_paddable(arrays)
         task = _Task(arrays, size)
-        key = (id(loaded), tuple(feeds), fetches)
-        with self._cond:
-            batch = next((b for b in reversed(self._pending) if b.key == key), None)
-            if batch is None or batch.closed or batch.size + size > self.parameters.max_batch_size:
-                if len(self._pending) >= self.parameters.max_enqueued_batches:
-                    raise ServingError(
-                        "UNAVAILABLE", "The batch scheduling queue to which this task was "
-                        f"submitted is full; currently {len(self._pending)} batches enqueued and "
-                        f"max_enqueued_batches is {self.parameters.max_enqueued_batches}")
-                batch = _Batch(key, loaded, tuple(feeds), fetches, opened=time.monotonic())
-                self._pending.append(batch)
-            batch.tasks.append(task)
-            batch.size += size
-            self._cond.notify()
+        if self._enqueue((id(loaded), names, fetches), loaded, task):
+            admission.give_back()  # the batch it joined holds a place already
         task.done.wait()
         if task.error is not None:
             raise task.error
         return task.outputs
 
+    def _enqueue(self, key: tuple, loaded: Loaded, task: _Task) -> bool:
+        """``task`` into its queue's open batch, or a new one; whether it joined one."""
+        with self._cond:
+            if self._stopping:  # no batch thread will ever take it
+                raise ServingError("UNAVAILABLE", SHUTTING_DOWN)
+            queue = self._queues.get(key)
+            batch = queue[-1] if queue else None
+            joined = batch is not None and not batch.closed and \
+                batch.size + task.size <= self.parameters.max_batch_size
+            if not joined:
+                if queue and len(queue) >= self.parameters.max_enqueued_batches:
+                    raise ServingError(
+                        "UNAVAILABLE", "The batch scheduling queue to which this task was "
+                        f"submitted is full; currently {len(queue)} batches enqueued and "
+                        f"max_enqueued_batches is {self.parameters.max_enqueued_batches}")
+                if batch is not None:
+                    batch.closed = True  # TF's StartNewBatch: the one it replaces runs now
+                batch = _Batch(key, loaded, key[1], key[2], opened=time.monotonic())
+                self._queues.setdefault(key, deque()).append(batch)
+            batch.tasks.append(task)
+            batch.size += task.size
+            self._cond.notify()
+            return joined
+
     def close_version(self, loaded_ids: set[int]) -> None:
         """Versions swapped out: the batches forming for them run now, not at their timeout."""
         with self._cond:
-            for batch in self._pending:
-                if batch.key[0] in loaded_ids:
-                    batch.closed = True
+            for key, queue in self._queues.items():
+                if key[0] in loaded_ids:
+                    for batch in queue:
+                        batch.closed = True
             self._cond.notify_all()
 
-    def _ready(self, now: float) -> tuple[_Batch | None, float | None]:
-        """The oldest batch that may run now, or None and how long until one may."""
+    def _take(self, now: float) -> tuple[_Batch | None, float | None]:
+        """The next batch that may run now, from the first queue in turn that has one (that
+        queue goes to the back of the turn); or None and how long until one may."""
         timeout = self.parameters.batch_timeout_micros / 1e6
         wait = None
-        for batch in self._pending:
+        for key, queue in self._queues.items():
+            batch = queue[0]
             due = batch.opened + timeout
             if batch.closed or batch.size >= self.parameters.max_batch_size or now >= due:
+                queue.popleft()
+                del self._queues[key]
+                if queue:
+                    self._queues[key] = queue
                 return batch, None
             wait = due - now if wait is None else min(wait, due - now)
         return None, wait
@@ -201,32 +161,41 @@ class Batcher:
                 while True:
                     if self._stopping:
                         return
-                    batch, wait = self._ready(time.monotonic())
+                    batch, wait = self._take(time.monotonic())
                     if batch is not None:
-                        self._pending.remove(batch)
                         break
                     self._cond.wait(wait)
             self._run(batch)
 
     def _run(self, batch: _Batch) -> None:
+        """Run ``batch``: the requests that cannot join the others fail alone; a failure of
+        the run itself fails all that ran, as in TF Serving."""
+        pad = self.parameters.pad_variable_length_inputs
+        kept, failed = batch_merge.sort_out(batch.feed_names, [t.feeds for t in batch.tasks], pad)
+        for index, error in failed.items():
+            batch.tasks[index].error = error
+        tasks = [batch.tasks[i] for i in kept]
         try:
-            outputs = self._run_merged(batch)
-            for task, task_outputs in zip(batch.tasks, outputs):
-                task.outputs = task_outputs
-        except Exception as err:  # one failure fails the batch, as in TF Serving
+            if tasks:
+                for task, outputs in zip(tasks, self._run_merged(batch, tasks)):
+                    task.outputs = outputs
+        except Exception as err:
             failure = err if isinstance(err, ServingError) else ServingError(
                 "INTERNAL", f"{type(err).__name__}: {err}")
-            for task in batch.tasks:
+            for task in tasks:
                 task.error = failure
         for task in batch.tasks:
             task.done.set()
 
-    def _run_merged(self, batch: _Batch) -> list[list[np.ndarray]]:
-        merged = [self._merge([t.feeds[i] for t in batch.tasks], batch.size)
+    def _run_merged(self, batch: _Batch, tasks: list[_Task]) -> list[list[np.ndarray]]:
+        size = sum(t.size for t in tasks)
+        target = next((n for n in self.parameters.allowed_batch_sizes if n >= size), size)
+        pad = self.parameters.pad_variable_length_inputs
+        merged = [batch_merge.merge([t.feeds[i] for t in tasks], target, pad)
                   for i in range(len(batch.feed_names))]
         padded = merged[0].shape[0]
         if self.metrics is not None:
-            self.metrics.batch(batch.size, padded, len(batch.tasks))
+            self.metrics.batch(size, padded, len(tasks))
         values = inference.run(batch.loaded, dict(zip(batch.feed_names, merged)), batch.fetches)
         for value in values:
             if np.ndim(value) == 0:
@@ -236,38 +205,23 @@ class Batcher:
                                    "Batched output tensor's 0th dimension does not equal the sum "
                                    "of the 0th dimension sizes of the input tensors")
         results, start = [], 0
-        for task in batch.tasks:
+        for task in tasks:
             results.append([value[start:start + task.size] for value in values])
             start += task.size
         return results
 
-    def _merge(self, arrays: list[np.ndarray], size: int) -> np.ndarray:
-        """One input of every request, concatenated, then padded to an allowed batch size."""
-        shapes = {a.shape[1:] for a in arrays}
-        if len(shapes) > 1:
-            if not self.parameters.pad_variable_length_inputs:
-                raise ServingError("FAILED_PRECONDITION", "Tensors with name from different "
-                                   "tasks have different shapes and padding is turned off. Set "
-                                   "pad_variable_length_inputs to true, or ensure that all "
-                                   "tensors with the same name have equal dimensions starting "
-                                   "with the first dim.")
-            widest = tuple(max(dims) for dims in zip(*shapes))
-            arrays = [_pad_dims(a, widest) for a in arrays]
-        merged = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-        target = next((n for n in self.parameters.allowed_batch_sizes if n >= size), size)
-        if target > size:  # copies of the last request's first row, as TF Serving pads
-            merged = np.concatenate([merged, np.repeat(arrays[-1][:1], target - size, axis=0)])
-        return merged
-
     def close(self) -> None:
+        """Stop: the requests still queued, and any that comes later, get UNAVAILABLE at once
+        (a gRPC handler left past the shutdown grace must not wait for good)."""
         with self._cond:
             self._stopping = True
-            pending, self._pending = self._pending, []
+            queues, self._queues = self._queues, {}
             self._cond.notify_all()
-        for batch in pending:  # the requests still waiting are told, not left hanging
-            for task in batch.tasks:
-                task.error = ServingError("UNAVAILABLE", "the server is shutting down")
-                task.done.set()
+        for queue in queues.values():
+            for batch in queue:
+                for task in batch.tasks:
+                    task.error = ServingError("UNAVAILABLE", SHUTTING_DOWN)
+                    task.done.set()
         for thread in self._threads:
             thread.join(timeout=30)
 
@@ -281,13 +235,3 @@ def _task_size(arrays: list[np.ndarray]) -> int:
     if len(sizes) > 1:
         raise invalid("Batching Run() input tensors must have equal 0th-dimension size")
     return sizes.pop()
-
-
-def _pad_dims(array: np.ndarray, widest: tuple[int, ...]) -> np.ndarray:
-    """``array`` padded at the end of each dimension after the first up to ``widest``, with its
-    own first value (TF Serving's ``pad_variable_length_inputs``)."""
-    pads = [(0, 0)] + [(0, want - have) for have, want in zip(array.shape[1:], widest)]
-    if not any(after for _, after in pads):
-        return array
-    fill = array.reshape(-1)[0] if array.size else 0
-    return np.pad(array, pads, constant_values=fill)

@@ -9,6 +9,7 @@ the gRPC front protos. A failure is a ``ServingError`` with TF Serving's code an
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,26 +79,37 @@ class Calls:
                 output_filter: tuple[str, ...] = ()) -> Answer:
         servable = self.acquire(target)
         try:  # a predict is the hot path: no context manager's generator around it
-            return self.predict_on(servable, signature_name, inputs, output_filter)
+            return self.predict_on(target.model, servable, signature_name, inputs, output_filter)
         finally:
             servable.release()
 
-    def predict_on(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
-                   output_filter: tuple[str, ...] = ()) -> Answer:
-        """``predict`` on a version the caller holds (``acquire``)."""
+    def predict_on(self, model: str, servable: Servable, signature_name: str,
+                   inputs: dict[str, np.ndarray], output_filter: tuple[str, ...] = ()) -> Answer:
+        """``predict`` on a version of ``model`` the caller holds (``acquire``)."""
+        started = time.perf_counter()
         outputs = inference.predict(servable.loaded, signature_name, inputs, output_filter,
                                     self.runner)
+        self._runtime(model, "Predict", started)
         return Answer(outputs, servable.step, inference.signature_key(signature_name))
 
     def classify(self, target: Target, signature_name: str, examples: np.ndarray) -> Answer:
         with self.models.handle(target.model, target.version, target.label) as servable:
+            started = time.perf_counter()
             result = inference.classify(servable.loaded, signature_name, examples, self.runner)
+            self._runtime(target.model, "Classify", started)
             return Answer(result, servable.step, inference.signature_key(signature_name))
 
     def regress(self, target: Target, signature_name: str, examples: np.ndarray) -> Answer:
         with self.models.handle(target.model, target.version, target.label) as servable:
+            started = time.perf_counter()
             result = inference.regress(servable.loaded, signature_name, examples, self.runner)
+            self._runtime(target.model, "Regress", started)
             return Answer(result, servable.step, inference.signature_key(signature_name))
+
+    def _runtime(self, model: str, api: str, started: float) -> None:
+        """TF Serving's runtime_latency: the model's own run, parsing and rendering left out."""
+        if self.metrics is not None:
+            self.metrics.runtime(model, api, time.perf_counter() - started)
 
     def multi_inference(self, target: Target, tasks: list[inference.Task],
                         examples: np.ndarray) -> Answer:

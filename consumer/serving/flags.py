@@ -27,7 +27,6 @@ IGNORED = {
     "tensorflow_session_config_file": "", "tensorflow_intra_op_parallelism": 0,
     "tensorflow_inter_op_parallelism": 0, "use_alts_credentials": False,
     "platform_config_file": "", "per_process_gpu_memory_fraction": 0.0,
-    "monitoring_config_file": "",
     "remove_unused_fields_from_bundle_metagraph": True, "prefer_tflite_model": False,
     "num_tflite_pools": 0, "num_tflite_interpreters_per_pool": 1,
     "enable_signature_method_name_check": False, "xla_cpu_compilation_enabled": False,
@@ -101,6 +100,11 @@ def parser() -> cli.ArgumentParser:
     tfs.add_argument("--ssl_config_file", type=Path, default=None,
                      help="SSLConfig in text format (server_key, server_cert, custom_ca, "
                           "client_verify): the gRPC port speaks TLS")
+    tfs.add_argument("--monitoring_config_file", type=Path, default=None,
+                     help="MonitoringConfig in text format: prometheus_config { enable: true "
+                          "path: \"/metrics\" } serves TF Serving's Prometheus series on the "
+                          "REST port at that path (default: /monitoring/prometheus/metrics "
+                          "without the file; none with enable: false)")
     _bool_flag(tfs, "enable_grpc_healthcheck_service", False,
                "grpc.health.v1.Health on the gRPC port: SERVING while every model has a "
                "version available")
@@ -129,9 +133,10 @@ def parser() -> cli.ArgumentParser:
                       metavar="N", help="refuse a JSON body with more than N values and lists, "
                                         "counted before it is parsed (default 1048576)")
     ours.add_argument("--max_inflight_requests", type=cli.positive_int, default=32,
-                      metavar="N", help="without batching: requests in flight, both protocols "
-                                        "together; past N, 503 / UNAVAILABLE at once rather "
-                                        "than a long queue (default 32)")
+                      metavar="N", help="requests running at once, both protocols together "
+                                        "(with batching, a batch counts once); one past N "
+                                        "waits at most half of --rest_api_timeout_in_ms, then "
+                                        "503 / UNAVAILABLE (default 32)")
     ours.add_argument("--max_regression", type=cli.non_negative_float, default=None,
                       metavar="R", help="refuse a version whose loss on the gate's data is above "
                                         "live + R * max(live, --regression_floor): the live "

@@ -152,8 +152,9 @@ class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceS
             tasks = [inference.Task(t.model_spec.name, t.model_spec.signature_name,
                                     t.method_name) for t in request.tasks]
             first = target(request.tasks[0].model_spec) if request.tasks else Target("")
-            answer = self.calls.multi_inference(first, tasks,
-                                                protos.serialized_examples(request.input))
+            examples = protos.serialized_examples(request.input)
+            answer = self.calls.multi_inference(first, tasks, examples)
+            self.metrics.examples(name, len(examples))  # TF Serving: MultiInference only
             response = inference_pb2.MultiInferenceResponse()
             for task, result in zip(request.tasks, answer.result):
                 entry = response.results.add(model_spec=_spec(

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import uvicorn
 
-from consumer.serving import connections, json_render
+from consumer.serving import connections, json_render, monitoring
 from consumer.serving.admission import Admission, queue_bound
 from consumer.serving.calls import Target
 from consumer.serving.connections import KEEP_ALIVE
@@ -42,7 +42,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # a larger body is refused with 413
 BODY_TIMEOUT = 5.0  # seconds a body may pause between its parts (408 past it)
 BODY_SECONDS = 60.0  # seconds a whole body may take (16 MiB at 280 KB/s)
 SHUTDOWN_GRACE_SECONDS = 30  # requests in flight at SIGTERM get this long to finish
-METRICS_PATH = "/monitoring/prometheus/metrics"
+METRICS_PATH = monitoring.DEFAULT_PATH  # without --monitoring_config_file
 
 _REST = re.compile(r"/v1/.*", re.I | re.S)
 _POST = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:"
@@ -61,15 +61,16 @@ Call = Callable[[bytes], tuple[bytes, int | None]]  # body -> (answer, the versi
 
 class Reply:
     def __init__(self, status: int, body: bytes, headers: list | None = None,
-                 version: int | None = None) -> None:
+                 version: int | None = None, code: str | None = None) -> None:
         self.status, self.body, self.headers = status, body, headers or _JSON
         self.version = version  # the version that answered
+        self.code = code  # the canonical code of an error, for the metrics
 
 
 def error_reply(error: ServingError, status: int | None = None,
                 headers: list | None = None) -> Reply:
     return Reply(status or error.http_status, json_render.render_error(error.message),
-                 _JSON + headers if headers else None)
+                 _JSON + headers if headers else None, code=error.code)
 
 
 class BodyTooLarge(Exception):
@@ -88,22 +89,26 @@ class RestApp:
     """The ASGI app: route, read the body, queue the call for the pool, send the answer."""
 
     def __init__(self, api: RestApi, metrics: ServingMetrics, pool: Workers,
-                 cors: bool = False) -> None:
-        """``cors``: --rest_api_enable_cors_support, TF Serving's CORS headers on /v1/ answers."""
+                 cors: bool = False, metrics_path: str | None = METRICS_PATH) -> None:
+        """``cors``: --rest_api_enable_cors_support, TF Serving's CORS headers on /v1/ answers;
+        ``metrics_path``: where the metrics are served (--monitoring_config_file), or None."""
         self.api, self.metrics, self.pool = api, metrics, pool
         self.cors = _CORS if cors else []
+        self.metrics_path = metrics_path
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
         method, path = scope["method"], scope["raw_path"].decode("latin-1")
-        if scope.get("query_string"):  # TF Serving matches the query string as part of the path
-            path += "?" + scope["query_string"].decode("latin-1")
-        if path == METRICS_PATH and method == "GET":
+        # the exporter's handler is matched on the path alone, before the REST dispatcher
+        # (http_server.cc 224-239), and answers any method
+        if path == self.metrics_path:
             await _send(send, Reply(200, self.metrics.render(),
                                     [(b"content-type", CONTENT_TYPE_LATEST.encode())]))
             return
+        if scope.get("query_string"):  # TF Serving matches the query string as part of the path
+            path += "?" + scope["query_string"].decode("latin-1")
         if not _REST.fullmatch(path):
             await _send(send, Reply(404, json_render.render_error(f"Not found: {path}")))
             return
@@ -127,7 +132,7 @@ class RestApp:
         if self.cors:
             reply.headers = reply.headers + self.cors
         self.metrics.observe("rest", endpoint, model, reply.status, time.perf_counter() - started,
-                             reply.version)
+                             reply.version, reply.code)
         await _send(send, reply)
 
     def _preflight(self, scope) -> Reply:
@@ -243,7 +248,8 @@ class HttpServer:
         self.connections = connections.Connections()
         # No proxy-headers middleware (uvicorn's default): nothing here reads the client's
         # address, and it is a coroutine layer on every request.
-        config = uvicorn.Config(RestApp(api, metrics, self.pool, options.cors), log_config=None,
+        app = RestApp(api, metrics, self.pool, options.cors, options.metrics_path)
+        config = uvicorn.Config(app, log_config=None,
                                 access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE,
                                 proxy_headers=False, loop="uvloop", backlog=backlog,
                                 http=connections.protocol(self.connections), ws="none",

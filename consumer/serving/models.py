@@ -246,6 +246,8 @@ class Models:
                 self._unnamed.append(model)
             else:
                 self._models[model.name] = model
+        if model.name is not None and model.metrics is not None:
+            model.metrics.serves(model.name)
 
     def remove(self, name: str) -> ServedModel | None:
         with self._lock:

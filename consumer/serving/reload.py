@@ -142,7 +142,15 @@ class Reloader:
 
     def _remove(self, model: ServedModel) -> None:
         self.models.remove(model.name)  # new requests: NOT_FOUND; those in flight finish
-        self._stop(model)
+        threading.Thread(target=self._finish_removed, args=(model,), name="unload",
+                         daemon=True).start()
+
+    def _finish_removed(self, model: ServedModel) -> None:
+        """Unload a removed model, then drop its metrics series: after its unloads (their hooks
+        touch its gauges), and only if no later reload has added it again."""
+        model.finish(timeout=60)
+        if model.metrics is not None and self.models.get(model.name) is None:
+            model.metrics.forget_model(model.name)
 
     def apply_request(self, message) -> None:
         """gRPC's HandleReloadConfigRequest: apply, then wait (a bounded while, holding nothing)

@@ -34,7 +34,7 @@ class RestApi:
                                         plain=len(body) >= offload.OFFLOAD_BYTES)
             signature_name, inputs, row_format = self.offload.parse(
                 offload.parse_predict, body, specs, self.max_elements)
-            answer = self.calls.predict_on(servable, signature_name, inputs)
+            answer = self.calls.predict_on(target.model, servable, signature_name, inputs)
         finally:
             servable.release()
         return self.offload.render_predict(answer.result, row_format), answer.version

@@ -8,8 +8,10 @@ Both command lines end here: ``python -m consumer.model_server`` (TF Serving's f
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -17,7 +19,7 @@ from urllib.parse import quote
 
 from consumer import loader
 from consumer.loop import Config, Stats
-from consumer.serving import batching, rpc, warmup
+from consumer.serving import batching, monitoring, rpc, warmup
 from consumer.serving.admission import Admission
 from consumer.serving.calls import Calls
 from consumer.serving.errors import ServingError
@@ -59,6 +61,8 @@ class Options:
     ssl_config: Path | None = None  # --ssl_config_file
     grpc_socket_path: str = ""  # --grpc_socket_path: gRPC on a Unix socket too
     grpc_health: bool = False  # --enable_grpc_healthcheck_service
+    # where the REST port serves the metrics (--monitoring_config_file); None: nowhere
+    metrics_path: str | None = monitoring.DEFAULT_PATH
 
 
 def dir_name(model: str) -> str:
@@ -96,7 +100,7 @@ class ModelServer:
         self.batcher = batching.Batcher(options.batching, self.metrics) \
             if options.batching is not None else None
         self.calls = Calls(self.models, self.batcher, self.metrics)
-        admission = Admission(None if self.batcher is not None else options.max_inflight)
+        admission = Admission(options.max_inflight)  # with batching, a batch holds one place
         self.http = self.grpc = None
         try:
             grpc_options = rpc.channel_options(options.grpc_arguments)
@@ -134,11 +138,27 @@ class ModelServer:
             work_dir = work_dir / dir_name(spec.name)  # several models: each its own records
         config = replace(self.options.loop, export_dir=spec.base_path, work_dir=work_dir,
                          source=spec.source, mode=loader.SERVE)
-        iterations = self.options.warmup_iterations
-        prepare = (lambda loaded: warmup.replay(loaded, iterations)) if self.options.warmup \
-            else None
-        return ServedModel(spec.name, config, policy=spec.policy, prepare=prepare,
+        return ServedModel(spec.name, config, policy=spec.policy,
+                           prepare=functools.partial(self._prepare, spec.name),
                            labels=spec.labels, metrics=self.metrics, batcher=self.batcher)
+
+    def _prepare(self, name: str | None, loaded: loader.Loaded) -> None:
+        """Before the gate: count the load in TF Serving's load metrics, then replay the
+        version's warm-up records (with --enable_model_warmup), timed in its warm-up metrics."""
+        model, step, path = name or "", loaded.version.step, str(loaded.version.path)
+        self.metrics.load_timed(model, step, path, sum(loaded.phases.values()), True)
+        if not self.options.warmup:
+            return
+        started, records, status = time.perf_counter(), 0, "OK"
+        try:
+            records = warmup.replay(loaded, self.options.warmup_iterations)
+        except Exception:
+            status = "FAILED_PRECONDITION"  # refused: the gate says why
+            raise
+        finally:
+            if records or status != "OK":  # a version without warm-up records has no series
+                self.metrics.warmup_timed(model, step, path, time.perf_counter() - started,
+                                          records, status)
 
     def run(self, stop: threading.Event) -> Stats:
         """Serve until ``stop`` is set (or, with an ``until_step``, until every model's loop has

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from consumer import loader
 from consumer.loop import Config
-from consumer.serving import batching, config
+from consumer.serving import batching, config, monitoring
 from consumer.serving.json_parse import MAX_ELEMENTS
 from consumer.serving.models import ModelSpec
 from consumer.serving.server import ModelServer, Options
@@ -33,6 +33,10 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
             parameters = batching.load_parameters(args.batching_parameters_file)
         except ValueError as err:
             cli.fail(prog, str(err))
+    try:
+        metrics_path = monitoring.metrics_path(args.monitoring_config_file)
+    except monitoring.MonitoringConfigError as err:
+        cli.fail(prog, str(err))
     many = 128  # with batching, each waiting request holds a thread until its batch has run
     rescan = args.file_system_poll_wait_seconds
     loop = Config(export_dir=Path("."), work_dir=args.work_dir, source="base", mode=loader.SERVE,
@@ -55,6 +59,7 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
                       cors=args.rest_api_enable_cors_support,
                       ssl_config=args.ssl_config_file, grpc_socket_path=args.grpc_socket_path,
                       grpc_health=args.enable_grpc_healthcheck_service,
+                      metrics_path=metrics_path,
                       rest_threads=args.rest_api_num_threads or (many if parameters else
                                                                  os.cpu_count() or 2),
                       grpc_threads=args.grpc_max_threads or (many if parameters else 4))
