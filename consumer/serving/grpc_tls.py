@@ -22,7 +22,8 @@ import datetime
 from pathlib import Path
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+
+from consumer.serving import textproto
 
 MAX_CONFIG_BYTES = 1 << 20  # an SSLConfig is a key and a few certificates: kilobytes
 
@@ -32,44 +33,16 @@ class StartError(Exception):
     (``model_server: error: <message>``, exit 2)."""
 
 
-def _ssl_config_class():
-    """TF Serving's ``SSLConfig`` message (the tensorflow-serving-api package does not ship
-    it), in a pool of its own so that it never clashes with another copy of it."""
-    file = descriptor_pb2.FileDescriptorProto(name="tensorflow_serving/config/ssl_config.proto",
-                                              package="tensorflow.serving", syntax="proto3")
-    message = file.message_type.add(name="SSLConfig")
-    field = descriptor_pb2.FieldDescriptorProto
-    for number, (name, kind) in enumerate((("server_key", field.TYPE_STRING),
-                                           ("server_cert", field.TYPE_STRING),
-                                           ("custom_ca", field.TYPE_STRING),
-                                           ("client_verify", field.TYPE_BOOL)), start=1):
-        message.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
-
-
-SSLConfig = _ssl_config_class()
+SSLConfig = textproto.message_class(
+    "tensorflow_serving/config/ssl_config.proto", "tensorflow.serving",
+    {"SSLConfig": [("server_key", 1, "string"), ("server_cert", 2, "string"),
+                   ("custom_ca", 3, "string"), ("client_verify", 4, "bool")]})
 
 
 def read_ssl_config(path: Path):
     """The file's ``SSLConfig``; ``StartError`` if it cannot be read or parsed."""
-    where = f"--ssl_config_file {path}"
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise StartError(f"{where}: {err.strerror or err}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise StartError(f"{where}: over {MAX_CONFIG_BYTES} bytes, not an SSLConfig")
-    config = SSLConfig()
-    try:
-        text_format.Parse(data.decode("utf-8"), config)
-    except (UnicodeDecodeError, text_format.ParseError) as err:
-        raise StartError(f"{where}: not an SSLConfig text proto: "
-                         f"{' '.join(str(err).split())}") from None
-    return config
+    return textproto.read(path, SSLConfig, f"--ssl_config_file {path}", "an SSLConfig",
+                          StartError, MAX_CONFIG_BYTES)
 
 
 def server_credentials(path: Path) -> tuple[grpc.ServerCredentials, bool]:

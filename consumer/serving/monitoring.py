@@ -28,7 +28,7 @@ import re
 import threading
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from consumer.serving import textproto
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 MAX_CONFIG_BYTES = 1 << 16  # a MonitoringConfig is two fields: anything larger is not one
@@ -38,28 +38,10 @@ class MonitoringConfigError(ValueError):
     """The file cannot be used; the message is one line for ``cli.fail``."""
 
 
-def _monitoring_config_class():
-    """TF Serving's ``MonitoringConfig`` (the tensorflow-serving-api package does not ship
-    monitoring_config_pb2), built from its two messages in a pool of its own."""
-    field = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/config/monitoring_config.proto", package="tensorflow.serving",
-        syntax="proto3")
-    prometheus = file.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=field.TYPE_BOOL,
-                         label=field.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=field.TYPE_STRING,
-                         label=field.LABEL_OPTIONAL)
-    config = file.message_type.add(name="MonitoringConfig")
-    config.field.add(name="prometheus_config", number=1, type=field.TYPE_MESSAGE,
-                     type_name=".tensorflow.serving.PrometheusConfig", label=field.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
-
-
-MonitoringConfig = _monitoring_config_class()
+MonitoringConfig = textproto.message_class(
+    "tensorflow_serving/config/monitoring_config.proto", "tensorflow.serving",
+    {"PrometheusConfig": [("enable", 1, "bool"), ("path", 2, "string")],
+     "MonitoringConfig": [("prometheus_config", 1, "PrometheusConfig")]})
 
 
 def metrics_path(config_file: Path | None) -> str | None:
@@ -68,20 +50,8 @@ def metrics_path(config_file: Path | None) -> str | None:
     if config_file is None:
         return DEFAULT_PATH
     where = f"--monitoring_config_file {config_file}"
-    try:
-        with open(config_file, "rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except OSError as err:
-        raise MonitoringConfigError(f"{where}: {err.strerror or err}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise MonitoringConfigError(f"{where}: over {MAX_CONFIG_BYTES} bytes, not a "
-                                    "MonitoringConfig")
-    config = MonitoringConfig()
-    try:
-        text_format.Parse(data.decode("utf-8"), config)
-    except (UnicodeDecodeError, text_format.ParseError) as err:
-        raise MonitoringConfigError(f"{where}: not a MonitoringConfig text proto: "
-                                    f"{' '.join(str(err).split())}") from None
+    config = textproto.read(config_file, MonitoringConfig, where, "a MonitoringConfig",
+                            MonitoringConfigError, MAX_CONFIG_BYTES)
     prometheus = config.prometheus_config
     if not prometheus.enable:
         return None
