@@ -61,7 +61,7 @@ tools: ## install strace and wrk if missing (the fsync-order test; the serving b
 		apt-get install -y -qq $$tool >/dev/null; } || \
 		echo "$$tool could not be installed: what needs it is skipped"; done
 
-test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; about 9 minutes
+test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; under 10 minutes
 	$(PY) -m pytest $(ARGS)
 
 soak: $(STAMP) ## the chaos test as a soak: the producer killed with -9 KILLS times in a row

@@ -427,7 +427,7 @@ def test_past_max_inflight_requests_a_request_waits_then_gets_503_and_the_bound_
     ones with a 1 s timeout: two run (and meet the timeout, 504), two wait 0.5 s and get 503.
     Once they end, the bound is free again."""
     versions = {"quick": tfs_models.HalfPlusTwo(spin=40000), "slow":  # 20,000 turns: 130 ms
-                tfs_models.HalfPlusTwo(spin=640000)}
+                tfs_models.HalfPlusTwo(spin=320000)}
     servers = {}
     for name, flags in (("quick", ()), ("slow", ("--rest_api_timeout_in_ms=1000",))):
         base = tmp_path / name
