@@ -171,11 +171,12 @@ class Batcher:
         """Run ``batch``: the requests that cannot join the others fail alone; a failure of
         the run itself fails all that ran, as in TF Serving."""
         pad = self.parameters.pad_variable_length_inputs
-        kept, failed = batch_merge.sort_out(batch.feed_names, [t.feeds for t in batch.tasks], pad)
-        for index, error in failed.items():
-            batch.tasks[index].error = error
-        tasks = [batch.tasks[i] for i in kept]
-        try:
+        tasks = batch.tasks
+        try:  # whatever happens here, every task of the batch is answered below
+            kept, failed = batch_merge.sort_out(batch.feed_names, [t.feeds for t in tasks], pad)
+            for index, error in failed.items():
+                batch.tasks[index].error = error
+            tasks = [batch.tasks[i] for i in kept]
             if tasks:
                 for task, outputs in zip(tasks, self._run_merged(batch, tasks)):
                     task.outputs = outputs

@@ -79,6 +79,9 @@ class _Service:
     def _serve(self, endpoint: str, model: str, context, call: Callable):
         started, code, version, admitted = time.perf_counter(), "OK", None, False
         try:
+            left = context.time_remaining()
+            if left is not None and left <= 0:  # its client gave up while it queued: not run
+                raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded")
             self.admission.enter()  # past the bound: UNAVAILABLE now, not a long queue
             admitted = True
             response, version = call()

@@ -84,13 +84,16 @@ class Offload:
     def run(self, function, *args):
         """``function(*args)`` in the helper: its result, or the ``ServingError`` it raised. A
         helper that died (out of memory) is replaced, and this request alone fails."""
+        pool = self._executor()
         try:
-            return self._executor().submit(function, *args).result()
+            return pool.submit(function, *args).result()
         except ServingError:
             raise
         except BrokenProcessPool:
             with self._lock:
-                self._pool = None
+                if self._pool is pool:  # not one another request has made since
+                    self._pool = None
+            pool.shutdown(wait=False)
             raise ServingError("RESOURCE_EXHAUSTED", "the request's parser stopped (out of "
                                                      "memory?): send it in smaller parts") from None
         except MemoryError:

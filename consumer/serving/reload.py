@@ -16,8 +16,11 @@ when it changes, with ``--model_config_file_poll_wait_seconds`` > 0) or from gRP
   version, as in TF Serving.
 - A bad config is refused whole, with one line, and the running one stays. Reloads run one at
   a time, and none waits while holding anything a request needs.
-- A config with no models takes no action (TF Serving: "Taking no action for empty config"):
-  a config file caught empty while an editor rewrites it in place removes nothing.
+- A config with no models takes no action: a config file caught empty while an editor rewrites
+  it in place removes nothing (TF Serving: "Taking no action for empty config", server_core.cc
+  ``ReloadConfig``). TF Serving says so only when no config is set at all, and applies an
+  explicit empty ``model_config_list {}``, unloading every model; here that takes no action
+  too (a difference the README lists: emptying a running server is rarely meant).
 - A model whose base path changed keeps answering from its old path until the new one has a
   version available; a base path that does not exist keeps the model listed, its source
   logging the condition and looking again at each poll, and the others serving.

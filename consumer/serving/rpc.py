@@ -47,6 +47,11 @@ def channel_options(arguments: str) -> list[tuple[str, object]]:
     return list(options.items())
 
 
+def max_concurrent_rpcs(threads: int) -> int:
+    """Calls running or waiting for one of ``threads``, all together: 16 a thread, at least 64."""
+    return max(64, 16 * threads)
+
+
 class _NoDeserializingTraceback(logging.Filter):
     """grpcio logs a traceback for a request that does not parse in a service whose reader is
     its own (health, reflection); the call is answered INTERNAL all the same, as TF Serving's
@@ -80,9 +85,13 @@ class GrpcServer:
         quiet = logging.getLogger("grpc._common")
         if not any(isinstance(f, _NoDeserializingTraceback) for f in quiet.filters):
             quiet.addFilter(_NoDeserializingTraceback())
+        # Calls waiting for a thread are bounded too: past this many in all, RESOURCE_EXHAUSTED
+        # at once (grpcio's own answer), not a queue without end
         self.server = grpc.server(futures.ThreadPoolExecutor(server_options.grpc_threads,
                                                              thread_name_prefix="grpc"),
-                                  options=options or channel_options(""))
+                                  options=options or channel_options(""),
+                                  maximum_concurrent_rpcs=max_concurrent_rpcs(
+                                      server_options.grpc_threads))
         self.server.add_generic_rpc_handlers([
             handlers(PREDICTION, PredictionService(calls, metrics, admission=admission,
                                                     max_elements=server_options.max_elements)),

@@ -91,6 +91,7 @@ class Workers:
             if state == QUEUED:
                 item.state, self._waiting = WITHDRAWN, self._waiting - 1
                 self.standing = True
+                item.args = ()  # answered now: its body need not wait in the queue for a worker
         if state == QUEUED:
             self.shed.happened(max_wait_ms=round(self.max_wait * 1000), waiting=self._waiting)
             _fail(item.future, self._refusal())
@@ -116,6 +117,8 @@ class Workers:
     def _start_thread(self) -> None:
         with self._lock:
             self._alive += 1
+            # threads that ended (overdue ones, replaced by stand-ins) are not kept
+            self._threads = [t for t in self._threads if t.is_alive()]
             thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}",
                                       daemon=True)
             self._threads.append(thread)
