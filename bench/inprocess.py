@@ -25,6 +25,18 @@ from consumer.serving.rest import RestApi
 from shared import layout
 
 
+class _Context:
+    """The part of a gRPC servicer context a Predict reads, for a call with no deadline."""
+
+    @staticmethod
+    def time_remaining() -> None:
+        return None
+
+    @staticmethod
+    def abort(code, details: str):
+        raise RuntimeError(f"{code}: {details}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--export-dir", type=Path, required=True)
@@ -71,7 +83,7 @@ def main() -> None:
     run_alone = timed(run_once, min(2.0, args.seconds / 2))
     predict = timed(lambda: api.predict(target, body), min(2.0, args.seconds / 2))
     rpc, request = _grpc_predict(models, rows)
-    grpc_predict = timed(lambda: rpc.Predict(request, None), min(2.0, args.seconds / 2))
+    grpc_predict = timed(lambda: rpc.Predict(request, _Context()), min(2.0, args.seconds / 2))
 
     def api_worker(index: int) -> None:  # the whole REST predict, without HTTP
         counts[index] = len(timed(lambda: api.predict(target, body), args.seconds))
