@@ -123,28 +123,26 @@ class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceS
         return self._serve("predict", request.model_spec.name, context, call)
 
     def Classify(self, request, context):  # noqa: N802
-        def call():
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            answer = self.calls.classify(target(request.model_spec),
-                                         request.model_spec.signature_name,
-                                         protos.serialized_examples(request.input))
-            return classification_pb2.ClassificationResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, answer.signature_name),
-                result=_classification(answer.result)), answer.version
-        return self._serve("classify", request.model_spec.name, context, call)
+        return self._on_examples("classify", request, context, self.calls.classify,
+                                 lambda spec, result: classification_pb2.ClassificationResponse(
+                                     model_spec=spec, result=_classification(result)))
 
     def Regress(self, request, context):  # noqa: N802
+        return self._on_examples("regress", request, context, self.calls.regress,
+                                 lambda spec, result: regression_pb2.RegressionResponse(
+                                     model_spec=spec, result=_regression(result)))
+
+    def _on_examples(self, endpoint: str, request, context, run: Callable, respond: Callable):
+        """Classify and Regress: the request's tf.Examples through ``run``, the answer built by
+        ``respond(model_spec, result)``."""
         def call():
             if not request.HasField("model_spec"):
                 raise invalid("Missing ModelSpec")
-            answer = self.calls.regress(target(request.model_spec),
-                                        request.model_spec.signature_name,
-                                        protos.serialized_examples(request.input))
-            return regression_pb2.RegressionResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, answer.signature_name),
-                result=_regression(answer.result)), answer.version
-        return self._serve("regress", request.model_spec.name, context, call)
+            answer = run(target(request.model_spec), request.model_spec.signature_name,
+                         protos.serialized_examples(request.input))
+            spec = _spec(request.model_spec.name, answer.version, answer.signature_name)
+            return respond(spec, answer.result), answer.version
+        return self._serve(endpoint, request.model_spec.name, context, call)
 
     def MultiInference(self, request, context):  # noqa: N802
         name = request.tasks[0].model_spec.name if request.tasks else ""
