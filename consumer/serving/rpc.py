@@ -61,16 +61,23 @@ class _NoDeserializingTraceback(logging.Filter):
         return record.getMessage() != "Exception deserializing message!"
 
 
+# A front added to the server: it registers its handlers and returns its full service names
+Service = Callable[[grpc.Server], list[str]]
+
+
 class GrpcServer:
     """A gRPC server for both services, on TCP and, if asked, a Unix socket; TLS, health and
     reflection as the module says. Bound in the constructor."""
 
     def __init__(self, calls: Calls, metrics: ServingMetrics, server_options,
                  options: list | None = None, reload: Callable | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 services: tuple[Service, ...] = ()) -> None:
         """``server_options``: the server's ``Options`` (host, grpc_port, grpc_threads,
         max_elements, ssl_config, grpc_socket_path, grpc_health); ``options``: gRPC's channel
-        options. A ``grpc_port`` of None: the Unix socket alone.
+        options. A ``grpc_port`` of None: the Unix socket alone. ``services``: more fronts on
+        the same server and port (the Open Inference Protocol's), each adding its handlers and
+        returning its service names for reflection.
 
         Raises ``StartError`` (one line: exit 2 with it) for an ``--ssl_config_file`` or a
         ``--grpc_socket_path`` that cannot be used, before anything is bound; ``RuntimeError``
@@ -97,6 +104,8 @@ class GrpcServer:
                                                     max_elements=server_options.max_elements)),
             handlers(MODEL, ModelService(calls, metrics, reload))])  # never bounded: status
         names = [PREDICTION.full_name, MODEL.full_name, reflection.SERVICE_NAME]
+        for service in services:
+            names.extend(service(self.server))
         self.health = None
         if server_options.grpc_health:
             self.health = grpc_health.ReadinessHealth(
