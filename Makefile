@@ -10,10 +10,10 @@ WORK ?= work
 TB_PORT ?= 6006
 KILLS ?= 300
 
-.PHONY: help install tools producer consumer serve demo cluster tensorboard test soak inspect bench clean
+.PHONY: help install tools producer consumer serve demo cluster tensorboard test soak inspect bench bench-check clean
 
 help: ## list the targets (variables: ARGS, EXPORT, WORK, TB_PORT, KILLS)
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## (.*)/  \1\t\2/' | expand -t 16
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
 
 install: $(STAMP) ## create .venv/ with every pinned dependency
 
@@ -63,6 +63,10 @@ tools: ## install strace and wrk if missing (the fsync-order test; the serving b
 
 test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; under 10 minutes
 	$(PY) -m pytest $(ARGS)
+
+# The quick bench takes minutes, so it has its own target instead of a place in `make test`
+bench-check: $(STAMP) tools ## run every benchmark small (about 2 minutes): they still run, not how fast
+	$(PY) -m pytest -m bench tests/test_bench.py $(ARGS)
 
 soak: $(STAMP) ## the chaos test as a soak: the producer killed with -9 KILLS times in a row
 	CHAOS_KILLS=$(KILLS) $(PY) -m pytest -s tests/test_chaos.py

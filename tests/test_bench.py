@@ -12,6 +12,9 @@ from harness.processes import REPO, command, env
 TIME = r"[\d.,]+ (ns|µs|ms|s)"  # every unit the bench prints a duration in
 
 
+pytestmark = pytest.mark.bench  # `make bench-check` runs it; `make test` leaves it out (time)
+
+
 # `make test` installs wrk first (`make tools`); without it the bench refuses to start.
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is missing: `make tools` installs it")
 def test_quick_bench_prints_every_row_with_figures(tmp_path):
