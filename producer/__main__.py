@@ -17,10 +17,19 @@ MODEL_NAMES = ("linear", "mlp")  # shared.models.MODELS, named here to check bef
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--model", choices=MODEL_NAMES, default="linear")
-    parser.add_argument("--export-dir", type=Path, default=Path("exports"),
-                        help="in a cluster, a relative path is made absolute against this "
-                             "process's working directory: the ps tasks write each "
-                             "checkpoint's variables to the path the chief names")
+    parser.add_argument("--export-dir", default="exports",
+                        help="a local directory, or s3://bucket/prefix or gs://bucket/prefix: "
+                             "each version is committed in --staging-dir first, then uploaded "
+                             "(its manifest last). In a cluster, a relative path is made "
+                             "absolute against this process's working directory: the ps tasks "
+                             "write each checkpoint's variables to the path the chief names")
+    parser.add_argument("--staging-dir", type=Path, default=None, metavar="DIR",
+                        help="with a bucket --export-dir: the local export dir versions are "
+                             "committed in before their upload, and checkpoints kept in "
+                             "(default: work/staging/<scheme>/<bucket>/<prefix>)")
+    parser.add_argument("--upload-timeout", type=cli.positive_float, default=60.0,
+                        metavar="SECONDS", help="with a bucket --export-dir: how long the "
+                        "final upload may take before the producer exits 1")
     parser.add_argument("--steps", type=cli.non_negative_int, default=None,
                         help="train until the global step reaches N (default: the model's own)")
     parser.add_argument("--checkpoint-every", type=cli.positive_int, default=100, metavar="N")
@@ -70,8 +79,26 @@ def check_state_file(root: Path) -> None:
         raise layout.LayoutError(f"checkpoint state file {path} cannot be read: {reason}") from None
 
 
+def resolve_export_dir(args: argparse.Namespace) -> str | None:
+    """Split ``--export-dir`` into the local export dir (``args.export_dir``, a Path) and the
+    bucket URL it is uploaded to (returned; None for a local export dir)."""
+    from shared import store
+
+    text = str(args.export_dir)
+    if store.is_remote(text):
+        from producer import upload
+
+        args.export_dir = args.staging_dir or upload.staging_dir_for(text)
+        return text.rstrip("/")
+    if "://" in text:
+        cli.fail(PROG, f"--export-dir {text}: only s3:// and gs:// buckets or a local path")
+    args.export_dir = Path(text)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    remote_url = resolve_export_dir(args)
     if logs.configure(args.log_format) == "console" and sys.stdout.isatty():
         from producer import progress
 
@@ -86,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             check_state_file(args.export_dir)  # first: claim reads it too, leniently
             commit.claim(args.export_dir, args.model)  # before TensorFlow: bad input fails fast
             dirlock.hold(args.export_dir, PROG)
+            if remote_url:
+                from producer import upload
+
+                upload.check_bucket(remote_url, args.model)
     except (cluster.ClusterError, layout.LayoutError, dirlock.DirLocked) as err:
         cli.fail(PROG, str(err))
 
@@ -101,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         keep_checkpoint_every_hours=args.keep_checkpoint_every_hours,
         keep_exports=args.keep_exports, seed=args.seed,
         log_every_epochs=args.log_every or spec.log_every_epochs,
-        max_publish_failures=args.max_publish_failures)
+        max_publish_failures=args.max_publish_failures, remote=remote_url,
+        upload_timeout=args.upload_timeout)
     try:
         if role is None:
             train.run(config, stop)

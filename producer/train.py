@@ -30,6 +30,8 @@ class Config:
     seed: int
     log_every_epochs: int
     max_publish_failures: int = 3
+    remote: str | None = None  # a bucket URL each SavedModel is uploaded to (producer.upload)
+    upload_timeout: float = 60.0  # seconds the final upload may take
 
 
 def dataset_for(config: Config):
@@ -79,6 +81,12 @@ class Schedule:
         self.publisher, self.session, self.serving, self.config = publisher, session, serving, config
         self.failures = 0  # in a row
         self.last = start  # the step of the last check
+        self.uploader = None
+        if config.remote:
+            from producer import upload
+
+            self.uploader = upload.Uploader(config.export_dir, config.remote, config.model,
+                                            config.keep_exports).start()
 
     def due(self, step: int) -> None:
         last, self.last = self.last, step
@@ -91,6 +99,11 @@ class Schedule:
         """A checkpoint and a SavedModel of the last step, unless they exist already."""
         self._publish("checkpoint", step, final=True)
         self._publish("savedmodel", step, final=True)
+        if self.uploader is not None and not self.uploader.finish(self.config.upload_timeout):
+            raise PublishGaveUp(f"the upload to {self.config.remote} did not finish within "
+                                f"{self.config.upload_timeout:g} s; every version is "
+                                f"committed in {self.config.export_dir}, and the next run "
+                                "uploads what the bucket lacks")
 
     def _publish(self, kind: str, step: int, final: bool = False) -> None:
         started = time.perf_counter()
@@ -108,6 +121,8 @@ class Schedule:
                                     + (", at the final publish" if final else "")) from None
             return
         self.failures = 0
+        if kind == "savedmodel" and self.uploader is not None:
+            self.uploader.kick()  # also when published before: a resumed run's last upload
         if path is not None:  # None: published before (a resumed run's first or last step)
             log.info("checkpoint_saved" if kind == "checkpoint" else "model_exported",
                      step=step, path=str(path), seconds=round(time.perf_counter() - started, 4))
