@@ -10,7 +10,7 @@ WORK ?= work
 TB_PORT ?= 6006
 KILLS ?= 300
 
-.PHONY: help install tools producer consumer serve demo cluster tensorboard test soak inspect bench bench-check clean
+.PHONY: help install tools producer consumer serve demo cluster tensorboard test soak inspect bench bench-check kserve-venv clean
 
 help: ## list the targets (variables: ARGS, EXPORT, WORK, TB_PORT, KILLS)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
@@ -20,12 +20,14 @@ install: $(STAMP) ## create .venv/ with every pinned dependency
 # tensorflow-serving-api (TF Serving's protos and gRPC stubs) pins the full tensorflow package,
 # which would install beside tensorflow-cpu; without its dependencies it works on tensorflow-cpu.
 TF_SERVING_API := tensorflow-serving-api==2.21.0
+# tritonclient (the Open Inference Protocol tests' client) declares protobuf<7; it works on ours.
+TRITON_CLIENT := tritonclient==2.73.0
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,bench]"
-	$(PY) -m pip install --quiet --no-deps $(TF_SERVING_API)
+	$(PY) -m pip install --quiet --no-deps $(TF_SERVING_API) $(TRITON_CLIENT)
 	touch $(STAMP)
 
 producer: $(STAMP) ## train and publish versions into EXPORT (ARGS="--model mlp ...")
@@ -67,6 +69,11 @@ test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; under
 # The quick bench takes minutes, so it has its own target instead of a place in `make test`
 bench-check: $(STAMP) tools ## run every benchmark small (about 2 minutes): they still run, not how fast
 	$(PY) -m pytest -m bench tests/test_bench.py $(ARGS)
+
+# KServe's SDK pins protobuf<7: its clients get a venv of their own, which the OIP client test
+# uses when it is there (CI builds it; make test skips that test without it)
+kserve-venv: ## build .venv-kserve/ with KServe's Python SDK for the OIP client test
+	tests/kserve_env.sh
 
 soak: $(STAMP) ## the chaos test as a soak: the producer killed with -9 KILLS times in a row
 	CHAOS_KILLS=$(KILLS) $(PY) -m pytest -s tests/test_chaos.py

@@ -11,6 +11,9 @@ pause of ``BODY_TIMEOUT`` between its parts, or ``BODY_SECONDS`` in all: 408); i
 how long it waits to run and in ``--rest_api_timeout_in_ms`` (503, 504). A request counts for
 admission only once its body is in, so a client that sends headers and then holds its body
 back takes nothing from the others.
+
+``/v2`` is the Open Inference Protocol's (``consumer.serving.oip_rest``): the same bounds, the
+same worker pool and admission; its health checks are answered on the event loop.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from consumer.serving.calls import Target
 from consumer.serving.connections import KEEP_ALIVE
 from consumer.serving.errors import ServingError, invalid
 from consumer.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from consumer.serving.oip_rest import OipRest, Route
+from consumer.serving.oip_rest import error as oip_error
 from consumer.serving.rest import RestApi
 from consumer.serving.workers import Workers
 from shared import logs
@@ -45,6 +50,7 @@ SHUTDOWN_GRACE_SECONDS = 30  # requests in flight at SIGTERM get this long to fi
 METRICS_PATH = monitoring.DEFAULT_PATH  # without --monitoring_config_file
 
 _REST = re.compile(r"/v1/.*", re.I | re.S)
+_OIP = re.compile(r"/v2(?:[/?].*)?", re.S)
 _POST = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:"
                    r"(classify|regress|predict)", re.I)
 _GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?",
@@ -89,10 +95,12 @@ class RestApp:
     """The ASGI app: route, read the body, queue the call for the pool, send the answer."""
 
     def __init__(self, api: RestApi, metrics: ServingMetrics, pool: Workers,
-                 cors: bool = False, metrics_path: str | None = METRICS_PATH) -> None:
+                 cors: bool = False, metrics_path: str | None = METRICS_PATH,
+                 oip: OipRest | None = None) -> None:
         """``cors``: --rest_api_enable_cors_support, TF Serving's CORS headers on /v1/ answers;
-        ``metrics_path``: where the metrics are served (--monitoring_config_file), or None."""
-        self.api, self.metrics, self.pool = api, metrics, pool
+        ``metrics_path``: where the metrics are served (--monitoring_config_file), or None;
+        ``oip``: the Open Inference Protocol's front on /v2, or None."""
+        self.api, self.metrics, self.pool, self.oip = api, metrics, pool, oip
         self.cors = _CORS if cors else []
         self.metrics_path = metrics_path
 
@@ -106,6 +114,9 @@ class RestApp:
         if path == self.metrics_path:
             await _send(send, Reply(200, self.metrics.render(),
                                     [(b"content-type", CONTENT_TYPE_LATEST.encode())]))
+            return
+        if self.oip is not None and _OIP.fullmatch(path):
+            await self._serve_oip(scope, receive, send, method, path, started)
             return
         if scope.get("query_string"):  # TF Serving matches the query string as part of the path
             path += "?" + scope["query_string"].decode("latin-1")
@@ -134,6 +145,43 @@ class RestApp:
         self.metrics.observe("rest", endpoint, model, reply.status, time.perf_counter() - started,
                              reply.version, reply.code)
         await _send(send, reply)
+
+    async def _serve_oip(self, scope, receive, send, method: str, path: str,
+                         started: float) -> None:
+        """A /v2 request: routed, its body read under the same bounds as /v1, run on the pool
+        (health checks inline), answered as the protocol answers, errors as {"error": ...}."""
+        endpoint, model = "oip_malformed", ""
+        try:
+            route = self.oip.route(method, path, scope["headers"])
+            endpoint, model = route.endpoint, route.model
+            body = await _read_body(scope, receive)
+            reply = self._answer_oip(route, body) if route.inline else \
+                await self.pool.run(self._answer_oip, route, body)
+        except ServingError as err:
+            reply = _oip_reply(oip_error(err), err.code)
+        except BodyTooLarge:
+            reply = _oip_reply(oip_error(invalid(f"request body is over the limit of "
+                                                 f"{MAX_BODY_BYTES} bytes")), "INVALID_ARGUMENT")
+            reply.status = 413
+        except BodyTooSlow as err:
+            reply = _oip_reply(oip_error(invalid(str(err))), "INVALID_ARGUMENT")
+            reply.status, reply.headers = 408, reply.headers + _CLOSE
+        except ClientGone:
+            return
+        self.metrics.observe("rest", endpoint, model, reply.status, time.perf_counter() - started,
+                             reply.version, reply.code)
+        await _send(send, reply)
+
+    def _answer_oip(self, route: Route, body: bytes) -> Reply:
+        try:
+            return _oip_reply(route.call(body))
+        except ServingError as err:  # the client's mistake, or a model's: one line, no trace
+            return _oip_reply(oip_error(err), err.code)
+        except Exception as err:  # a defect of ours: one request fails, the server goes on
+            log.exception("request_failed", endpoint=route.endpoint,
+                          error=f"{type(err).__name__}: {err}")
+            return Reply(500, json_render.render_error(f"internal error: {type(err).__name__}"),
+                         code="INTERNAL")
 
     def _preflight(self, scope) -> Reply:
         """TF Serving's answer to OPTIONS on a /v1/ path (http_server.cc, ProcessRequest): 200
@@ -173,6 +221,10 @@ class RestApp:
         if version is None:
             return Reply(200, answer)
         return Reply(200, answer, _JSON + [(b"x-model-version", str(version).encode())], version)
+
+
+def _oip_reply(response, code: str | None = None) -> Reply:
+    return Reply(response.status, response.body, response.headers, response.version, code)
 
 
 def _target(match: re.Match) -> Target:
@@ -235,9 +287,10 @@ class HttpServer:
     is an error at start and ``port`` is the real one when 0 was asked for."""
 
     def __init__(self, api: RestApi, metrics: ServingMetrics, options,
-                 admission: Admission) -> None:
+                 admission: Admission, oip: OipRest | None = None) -> None:
         """``options``: the server's ``Options`` (host, rest_port, rest_threads, rest_timeout,
-        cors...); ``admission``: the places to run, shared with gRPC."""
+        cors...); ``admission``: the places to run, shared with gRPC; ``oip``: the Open
+        Inference Protocol's front on /v2, or None."""
         backlog = connections.backlog()
         self.socket = listen(options.host, options.rest_port, backlog)
         self.host, self.port = options.host, self.socket.getsockname()[1]
@@ -248,7 +301,7 @@ class HttpServer:
         self.connections = connections.Connections()
         # No proxy-headers middleware (uvicorn's default): nothing here reads the client's
         # address, and it is a coroutine layer on every request.
-        app = RestApp(api, metrics, self.pool, options.cors, options.metrics_path)
+        app = RestApp(api, metrics, self.pool, options.cors, options.metrics_path, oip)
         config = uvicorn.Config(app, log_config=None,
                                 access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE,
                                 proxy_headers=False, loop="uvloop", backlog=backlog,

@@ -53,6 +53,8 @@ class Reloader:
         self.allow_unavailable_labels = allow_unavailable_labels
         self._lock = threading.Lock()  # one reload at a time
         self._moving: dict[str, ServedModel] = {}  # name -> its model at a new base path
+        self.specs: list[ModelSpec] = []  # the config applied last (the repository's loads
+        #                                   and unloads change it one model at a time)
 
     def check(self, specs: list[ModelSpec]) -> None:
         """Raise ``ServingError`` (FAILED_PRECONDITION, TF Serving's text) for a label that may
@@ -104,6 +106,7 @@ class Reloader:
                 else:
                     added.append(self.make_model(spec))
             removed = [model for name, model in current.items() if name not in wanted]
+            self.specs = list(specs)
             for model in removed:
                 self._remove(model)
                 pending = self._moving.pop(model.name, None)
@@ -154,6 +157,31 @@ class Reloader:
         model.finish(timeout=60)
         if model.metrics is not None and self.models.get(model.name) is None:
             model.metrics.forget_model(model.name)
+
+    def load(self, spec: ModelSpec, wait: float = ADDED_MODEL_WAIT) -> bool:
+        """The model repository's load: ``spec`` joins (or replaces its name's entry in) the
+        config applied last; True once the model has a version available, within ``wait``."""
+        with self._lock:
+            specs = [s for s in self.specs if s.name != spec.name] + [spec]
+        self.apply(specs)
+        model = self._moving.get(spec.name) or self.models.get(spec.name)
+        return model is not None and model.wait_available(wait)
+
+    def unload(self, name: str) -> bool:
+        """The model repository's unload: the model leaves the config applied last and stops
+        taking requests; each version is unloaded after its last request. False if no model of
+        that name is served. The last model may go too (``apply`` would take no action)."""
+        with self._lock:
+            model = self.models.get(name)
+            if model is None:
+                return False
+            self.specs = [s for s in self.specs if s.name != name]
+            self._remove(model)
+            pending = self._moving.pop(name, None)
+            if pending is not None:
+                self._stop(pending)
+        log.info("model_unloaded_on_request", model=name)
+        return True
 
     def apply_request(self, message) -> None:
         """gRPC's HandleReloadConfigRequest: apply, then wait (a bounded while, holding nothing)

@@ -27,6 +27,10 @@ from consumer.serving.http import SHUTDOWN_GRACE_SECONDS, HttpServer
 from consumer.serving.json_parse import MAX_ELEMENTS
 from consumer.serving.metrics import ServingMetrics
 from consumer.serving.models import ModelSpec, Models, ServedModel  # noqa: F401 - for callers
+from consumer.serving.oip import Oip
+from consumer.serving.oip_grpc import add_service as oip_service
+from consumer.serving.oip_repository import Repository
+from consumer.serving.oip_rest import OipRest
 from consumer.serving.reload import ConfigFileWatcher, Reloader
 from consumer.serving.rest import RestApi
 from shared import cli, layout, logs
@@ -108,29 +112,37 @@ class ModelServer:
             cli.fail(prog, str(err))
         port = options.rest_port
         self.rest = RestApi(self.calls, options.max_elements)
+        self.reloader = Reloader(self.models, self._model,
+                                 allow_unavailable_labels=options.allow_unavailable_labels)
+        # the Open Inference Protocol on both ports; its repository extension only from a
+        # config file (a load or an unload changes the config: an operator's act)
+        from_config = options.config_file is not None
+        self.oip = Oip(self.calls, options.max_elements, repository=from_config)
+        repository = Repository(self.reloader if from_config else None, options.config_file)
         try:
             if options.rest_port is not None:
-                self.http = HttpServer(self.rest, self.metrics, options, admission)
+                self.http = HttpServer(self.rest, self.metrics, options, admission,
+                                       OipRest(self.oip, repository))
             port = options.grpc_port
             if options.grpc_port is not None:
                 # a reload points the server at any directory: an operator's act, taken only
                 # by a server that runs from a config file
                 reload = self.reload_config if options.config_file is not None else None
                 self.grpc = rpc.GrpcServer(self.calls, self.metrics, options, grpc_options,
-                                           reload, admission)
+                                           reload, admission, services=(oip_service(
+                                               self.oip, repository, self.metrics, admission),))
         except rpc.StartError as err:  # TLS or the Unix socket as configured cannot be used
             cli.fail(prog, str(err))
         except (OSError, RuntimeError) as err:
             cli.fail(prog, f"cannot listen on {options.host}:{port}: "
                            f"{getattr(err, 'strerror', None) or err}")
-        self.reloader = Reloader(self.models, self._model,
-                                 allow_unavailable_labels=options.allow_unavailable_labels)
         try:
             self.reloader.check(specs)  # a label the first config cannot keep: exit 2
         except ServingError as err:
             cli.fail(prog, err.message)
         for spec in specs:
             self.models.add(self._model(spec))
+        self.reloader.specs = list(specs)  # the config the repository's loads start from
 
     def _model(self, spec: ModelSpec) -> ServedModel:
         work_dir = self.options.work_dir
