@@ -56,11 +56,13 @@ bench: $(STAMP) tools ## benchmarks against baselines; writes docs/BENCHMARKS.md
 	$(PY) -m bench $(ARGS)
 
 # strace lets a test check the order of fsync and rename calls; wrk drives the serving bench's
-# HTTP load from native code. Each is installed where it is missing.
-tools: ## install strace and wrk if missing (the fsync-order test; the serving bench)
-	@for tool in strace wrk; do command -v $$tool >/dev/null 2>&1 || { \
+# HTTP load from native code, h2load (Debian's nghttp2-client) its gRPC load. Each is installed
+# where it is missing (tool:package).
+tools: ## install strace, wrk and h2load if missing (the fsync-order test; the serving bench)
+	@for pair in strace:strace wrk:wrk h2load:nghttp2-client; do tool=$${pair%%:*}; \
+		command -v $$tool >/dev/null 2>&1 || { \
 		command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && \
-		apt-get install -y -qq $$tool >/dev/null; } || \
+		apt-get install -y -qq $${pair#*:} >/dev/null; } || \
 		echo "$$tool could not be installed: what needs it is skipped"; done
 
 test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; under 10 minutes
@@ -75,8 +77,9 @@ bench-check: $(STAMP) tools ## run every benchmark small (about 2 minutes): they
 kserve-venv: ## build .venv-kserve/ with KServe's Python SDK for the OIP client test
 	tests/kserve_env.sh
 
-soak: $(STAMP) ## the chaos test as a soak: the producer killed with -9 KILLS times in a row
+soak: $(STAMP) ## the chaos tests as soaks: -9 KILLS times in a row; 50 uploads to a bucket
 	CHAOS_KILLS=$(KILLS) $(PY) -m pytest -s tests/test_chaos.py
+	MIRROR_CHAOS_VERSIONS=50 $(PY) -m pytest -s tests/test_objstore_serving.py -k chaos
 
 clean: ## remove .venv/, exports/, work/ and caches
 	rm -rf $(VENV) exports work .pytest_cache

@@ -7,7 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from consumer import hugepages
+from consumer import hugepages, remote_base
+from consumer.remote_base import RemoteBase
 from shared import cli, commit, datasets, dirlock, layout, logs
 
 PROG = "consumer"
@@ -15,7 +16,10 @@ PROG = "consumer"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("--export-dir", type=Path, default=Path("exports"))
+    parser.add_argument("--export-dir", type=_export_dir, default=Path("exports"),
+                        help="a local export dir, or s3://bucket/prefix or gs://bucket/prefix "
+                             "(a producer's --export-dir there): its complete versions are "
+                             "copied into the work dir as they come")
     parser.add_argument("--work-dir", type=Path, default=Path("work"),
                         help="evaluations.jsonl, and in train mode the consumer's own versions")
     parser.add_argument("--source", choices=("savedmodel", "checkpoint"), default="savedmodel")
@@ -28,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="train mode: exit 1 after N failed publishes in a row (a full "
                              "disk); each one is logged and the next version tries again")
     parser.add_argument("--poll", type=cli.positive_float, default=None, metavar="SECONDS",
-                        help="poll instead of inotify (network filesystems)")
+                        help="poll instead of inotify (network filesystems); an s3:// or "
+                             "gs:// export dir is polled this often (default 1)")
     parser.add_argument("--rescan", type=cli.positive_float, default=5.0, metavar="SECONDS",
                         help="periodic rescan that catches events inotify dropped")
     parser.add_argument("--full-loads", action="store_true",
@@ -55,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.mode == "serve" and args.source != "savedmodel":
         parser.error("--mode serve needs --source savedmodel: a checkpoint has no serving graph")
+    if isinstance(args.export_dir, RemoteBase) and args.source != "savedmodel":
+        parser.error(f"--export-dir {args.export_dir} holds SavedModels only (the producer "
+                     "uploads no checkpoints): --source savedmodel")
     given = [f"--{name.replace('_', '-')}" for name in SERVE_DEFAULTS
              if getattr(args, name) is not None]
     if given and args.mode != "serve":
@@ -72,8 +80,18 @@ SERVE_DEFAULTS = {"host": "127.0.0.1", "port": 8501, "grpc_port": 8500, "model_n
                   "max_regression": None, "regression_floor": 1e-3, "gate_dataset": None}
 
 
+def _export_dir(text: str) -> Path | RemoteBase:
+    try:
+        return remote_base.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _check_dirs(args: argparse.Namespace) -> None:
     """Refuse bad directories before TensorFlow loads."""
+    if isinstance(args.export_dir, RemoteBase):
+        commit.check_writable_dir(args.work_dir, "work dir")  # the mirror's cache is in it
+        return
     if args.export_dir.exists() and not args.export_dir.is_dir():
         raise layout.LayoutError(f"export dir {args.export_dir} is a file, not a directory")
     if args.work_dir.resolve() == args.export_dir.resolve():
@@ -105,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                     poll=args.poll, rescan=args.rescan, max_regression=args.max_regression,
                     regression_floor=args.regression_floor, gate_dataset=args.gate_dataset,
                     warm_swap=not args.full_loads,
-                    max_publish_failures=args.max_publish_failures)
+                    max_publish_failures=args.max_publish_failures,
+                    store_poll=args.poll or 1.0)  # on s3:// or gs://: --poll, else 1 s
     log = logs.get(PROG)
     if args.mode == "serve":
         from consumer.serving import server
 
-        spec = server.ModelSpec(args.model_name or server.export_dir_name(args.export_dir),
+        local = remote_base.cache_dir(args.work_dir, args.export_dir) \
+            if isinstance(args.export_dir, RemoteBase) else args.export_dir  # export.json's
+        spec = server.ModelSpec(args.model_name or server.export_dir_name(local),
                                 args.export_dir, source=args.source)
         options = server.Options(host=args.host, rest_port=args.port,
                                  grpc_port=args.grpc_port, work_dir=args.work_dir, loop=config)
@@ -121,13 +142,33 @@ def main(argv: list[str] | None = None) -> int:
     else:
         log.info("consumer_started", export_dir=str(args.export_dir), source=args.source,
                  mode=args.mode, until_step=args.until_step)
-        stats = Consumer(config, stop).run()
+        stats = _evaluate_or_train(config, stop)
     log.info("consumer_stopped", loaded=len(stats.loaded), failed=len(stats.failed),
              last_step=stats.loaded[-1] if stats.loaded else None)
     if stats.fatal is not None:
         sys.stderr.write(f"{PROG}: error: {stats.fatal.strip().splitlines()[0][:500]}\n")
         return 1
     return 0
+
+
+def _evaluate_or_train(config, stop) -> "Stats":
+    """The loop over a local export dir, or over the cache a mirror fills from a bucket."""
+    from consumer.loop import Consumer, latest
+
+    if not isinstance(config.export_dir, RemoteBase):
+        return Consumer(config, stop).run()
+    from consumer import mirror
+
+    local = mirror.local_config(config)
+    consumer = Consumer(local, stop)
+    copier = mirror.Mirror(config.export_dir, local.export_dir, config.source,
+                           mirror.loop_hooks(consumer, lambda: latest(1)),
+                           poll=config.store_poll)
+    copier.start()
+    try:
+        return consumer.run()
+    finally:
+        copier.close()
 
 
 if __name__ == "__main__":

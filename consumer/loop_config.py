@@ -22,7 +22,9 @@ def latest(count: int = 1) -> Policy:
 
 @dataclass(frozen=True)
 class Config:
-    export_dir: Path  # an export dir, or a TF Serving base path (source "base")
+    export_dir: Path  # an export dir, or a TF Serving base path (source "base"); a RemoteBase
+    #                   (s3://, gs://) only until a ServedModel or consumer.mirror.local_config
+    #                   turns it into the local cache its mirror fills
     work_dir: Path
     source: str  # "savedmodel" or "checkpoint" in an export dir, or "base"
     mode: str  # loader.EVALUATE, loader.TRAIN or loader.SERVE
@@ -37,6 +39,10 @@ class Config:
     gate_dataset: dict | None = None  # serve mode: the data every candidate is scored on
     load_retries: int = 0  # a failed load is tried again this many times (model_server: 5)...
     load_retry_interval: float = 60.0  # ...this many seconds apart (consumer.retries)
+    # an export dir on s3:// or gs:// (a ``consumer.remote_base.RemoteBase`` as export_dir):
+    # the store is polled this often (TF Serving's --file_system_poll_wait_seconds: 0 polls
+    # once, less never); its versions are copied into the work dir (consumer.mirror)
+    store_poll: float = 1.0
 
 
 @dataclass

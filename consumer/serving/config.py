@@ -13,7 +13,9 @@ format, read with the real protos of ``tensorflow-serving-api``.
     }
 
 Its rules are TF Serving's (``server_core.cc``): names unique, base paths absolute, platform
-``tensorflow``, only a ``model_config_list``. A bad file is refused with one line.
+``tensorflow``, only a ``model_config_list``. A bad file is refused with one line. A base path
+may be ``s3://bucket/prefix`` or ``gs://bucket/prefix``: its complete versions are mirrored
+into the work dir (``consumer.mirror``); another scheme (``hdfs://``) is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from google.protobuf import text_format
 
 from consumer.loop import Policy, latest
 from consumer.serving.models import ModelSpec
-from shared import layout
+from consumer import remote_base
 
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
@@ -79,8 +81,8 @@ def from_proto(message, where: str) -> list[ModelSpec]:
             raise ConfigError(f"Illegal to list model {config.name} multiple times in config list")
         names.add(config.name)
         _check(config)
-        specs.append(ModelSpec(config.name, Path(config.base_path), "base", policy_of(config),
-                               dict(config.version_labels)))
+        specs.append(ModelSpec(config.name, remote_base.parse(config.base_path), "base",
+                               policy_of(config), dict(config.version_labels)))
     return specs
 
 
@@ -93,11 +95,11 @@ def _check(config) -> None:
     if config.model_platform != "tensorflow":
         raise ConfigError(f"Model {config.name} requests unsupported platform "
                           f"{config.model_platform}")
-    scheme = layout.uri_scheme(config.base_path)
-    if scheme:
-        raise ConfigError(f"model {config.name}: base_path {config.base_path} is on {scheme}://, "
-                          "which this server cannot read yet: give a local absolute path")
-    if not Path(config.base_path).is_absolute():
+    try:  # s3:// and gs:// are mirrored into the work dir (consumer.mirror)
+        base = remote_base.parse(config.base_path)
+    except ValueError as err:
+        raise ConfigError(f"model {config.name}: base_path {err}") from None
+    if not base.is_absolute():
         raise ConfigError(f"Expected model {config.name} to have an absolute path or URI; got "
                           f"base_path()={config.base_path}")
     for label in config.version_labels:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared import cli, datasets, layout, logs
+from consumer import remote_base
+from shared import cli, datasets, logs
 
 PROG = "model_server"
 
@@ -65,7 +66,9 @@ def parser() -> cli.ArgumentParser:
                           "DEADLINE_EXCEEDED (default 30000; 0: no limit)")
     tfs.add_argument("--model_name", default="default", help="the served model's name")
     tfs.add_argument("--model_base_path", default=None,
-                     help="its versions are the numbered directories inside")
+                     help="its versions are the numbered directories inside: a local path, "
+                          "s3://bucket/prefix or gs://bucket/prefix (copied into --work_dir "
+                          "version by version, complete versions only)")
     tfs.add_argument("--model_config_file", type=Path, default=None,
                      help="a ModelServerConfig in text format: several models, version policies "
                           "and labels (then --model_name and --model_base_path are ignored, as "
@@ -74,7 +77,8 @@ def parser() -> cli.ArgumentParser:
                      default=0, help="re-read the config file this often (0: only at start)")
     tfs.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
                      help="a rescan of the base paths this often, behind inotify (default 1; "
-                          "0 or less: inotify alone)")
+                          "0 or less: inotify alone); an s3:// or gs:// base path is polled this "
+                          "often (0: once, less: never, as TF Serving)")
     _bool_flag(tfs, "enable_model_warmup", True,
                "replay assets.extra/tf_serving_warmup_requests before a version serves")
     tfs.add_argument("--num_request_iterations_for_warmup", type=cli.non_negative_int, default=0,
@@ -164,11 +168,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.model_config_file is None and args.model_base_path is None:
         p.error("Both --model_base_path and --model_config_file are empty: give one")
     if args.model_base_path is not None:
-        scheme = layout.uri_scheme(args.model_base_path)
-        if scheme:
-            p.error(f"--model_base_path {args.model_base_path}: {scheme}:// is not supported "
-                    "yet; give a local path")
-        args.model_base_path = Path(args.model_base_path)
+        try:  # s3:// and gs:// are mirrored into the work dir (consumer.mirror)
+            args.model_base_path = remote_base.parse(args.model_base_path)
+        except ValueError as err:
+            p.error(f"--model_base_path {err}")
     if args.batching_parameters_file is not None and not args.enable_batching:
         p.error("--batching_parameters_file is set without --enable_batching")
     if args.saved_model_tags != "serve":

@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from consumer import mirror
 from consumer.loader import Loaded
 from consumer.loop import Config, Consumer, Policy, Stats, latest
 from consumer.manager import Manager, Servable
+from consumer.remote_base import RemoteBase, cache_dir
 from consumer.serving.errors import ServingError, invalid, not_found
 from shared import layout, logs
 
@@ -41,7 +43,7 @@ class ModelSpec:
     """One model to serve: its name (or how to learn it), where its versions are, and which."""
 
     name: str | Callable[[], str | None]
-    base_path: Path
+    base_path: Path | RemoteBase  # a RemoteBase (s3://, gs://) is mirrored into the work dir
     source: str = "base"  # "base": <base_path>/<n>/ (TF Serving); "savedmodel": an export dir
     policy: Policy = field(default_factory=latest)  # TF Serving's default: the newest one
     labels: dict[str, int] = field(default_factory=dict)
@@ -56,7 +58,12 @@ class VersionState:
 
 class ServedModel:
     """One model of the server: a ``Consumer`` loop over its base path, its manager and labels,
-    and a status table the loop keeps up to date (it is the loop's ``VersionEvents``)."""
+    and a status table the loop keeps up to date (it is the loop's ``VersionEvents``).
+
+    A base path on an object store (``config.export_dir`` a ``RemoteBase``) gets a mirror
+    (``consumer.mirror``) that copies the versions the policy wants into a cache dir under the
+    model's work dir; the loop reads that dir as it would a local base path. The mirror asks
+    this model which versions its loop uses (never evicted) and passed over (not wanted)."""
 
     def __init__(self, name: str | Callable[[], str | None], config: Config, *,
                  policy: Policy | None = None, prepare: Callable[[Loaded], None] | None = None,
@@ -65,7 +72,10 @@ class ServedModel:
         (``python -m consumer --mode serve`` names a model by its export.json, which the
         producer may not have written yet)."""
         self._name = name
-        self.base_path = config.export_dir
+        self.base_path = config.export_dir  # as configured: compared on reloads
+        self.mirror: mirror.Mirror | None = None
+        if isinstance(config.export_dir, RemoteBase):
+            config = replace(config, export_dir=cache_dir(config.work_dir, config.export_dir))
         self.config = config
         self.manager = Manager()
         self.labels: dict[str, int] = dict(labels or {})
@@ -79,6 +89,11 @@ class ServedModel:
                                  prepare=prepare)
         self.stats: Stats | None = None
         self.thread = threading.Thread(target=self._run, name="model", daemon=True)
+        if isinstance(self.base_path, RemoteBase):
+            self.mirror = mirror.Mirror(
+                self.base_path, config.export_dir, config.source,
+                mirror.loop_hooks(self.consumer, lambda: self.consumer.policy, self._loading),
+                poll=config.store_poll, model=name if isinstance(name, str) else "")
 
     @property
     def name(self) -> str | None:
@@ -109,6 +124,8 @@ class ServedModel:
 
     def start(self) -> None:
         self._expect(self.consumer.policy, self.labels)
+        if self.mirror is not None:
+            self.mirror.start()
         self.thread.start()
 
     def update(self, policy: Policy, labels: dict[str, int]) -> None:
@@ -118,6 +135,8 @@ class ServedModel:
         self.consumer.policy = policy
         self.labels = dict(labels)
         self.consumer.source.wake()
+        if self.mirror is not None:  # what it downloads and keeps follows the policy
+            self.mirror.wake()
 
     def loadable(self, listing: list[layout.Version]) -> list[layout.Version]:
         """The versions of ``listing`` the loop may load: those the gate has not refused."""
@@ -128,7 +147,11 @@ class ServedModel:
         version a label points at that the policy is about to load: a request by that label
         then answers UNAVAILABLE (retryable) until it is ready, not NOT_FOUND (final). A START
         no label expects any more is dropped: that version is not coming."""
-        listing = listing_of(self.base_path, self.config.source)
+        with self._lock:
+            idle = not labels and not any(v.state == START for v in self.states.values())
+        if idle:
+            return  # nothing to mark (and no listing to read: a bucket's costs a request)
+        listing = self.listing()
         with self._lock:  # a refusal's END, set under this lock, lands after us or is seen
             wanted = {v.step for v in policy(self.loadable(listing))}
             coming = set(labels.values()) & wanted
@@ -140,6 +163,19 @@ class ServedModel:
                 state = self.states.get(step)
                 if state is None or (state.state == END and state.error_code == "OK"):
                     self.states[step] = VersionState(START)
+
+    def listing(self) -> list:
+        """Its versions, oldest first: of its base path, or the complete ones its mirror last
+        listed on the store (one listing now if it has not listed yet)."""
+        if self.mirror is not None:
+            if self.mirror.listing is not None:
+                return self.mirror.candidates()
+            return mirror.listing_once(self.base_path, self.config.source)
+        return listing_of(self.base_path, self.config.source)
+
+    def _loading(self) -> set[int]:
+        with self._lock:
+            return {s for s, v in self.states.items() if v.state == LOADING}
 
     def expected(self, step: int) -> bool:
         """Whether ``step`` is on its way to available (START or LOADING), not ended."""
@@ -159,6 +195,8 @@ class ServedModel:
         """Stop its loop (a load in progress completes first) and close its versions; each
         closes once its last request has ended."""
         self.stop.set()
+        if self.mirror is not None:
+            self.mirror.close()
         self.thread.join(timeout)
         self.consumer.close_versions()
 
@@ -175,6 +213,8 @@ class ServedModel:
             self.batcher.close_version({id(loaded) for loaded in older if loaded is not None})
         if self.metrics is not None:
             self.metrics.went_live(self.name or "", step, self.manager.steps())
+        if self.mirror is not None:  # the version it replaces may leave the cache now
+            self.mirror.wake()
 
     def refused(self, step: int, reason: str, cause: str) -> None:
         code = _ERROR_CODES.get(reason.split(":", 1)[0], "UNKNOWN") if cause == "load_failed" \
@@ -297,8 +337,11 @@ class Models:
             servable.release()
 
 
-def listing_of(base_path: Path, source: str) -> list[layout.Version]:
-    """The versions under ``base_path`` now; none if it cannot be read (its source logs that)."""
+def listing_of(base_path: Path | RemoteBase, source: str) -> list:
+    """The versions under ``base_path`` now; none if it cannot be read (its source logs that).
+    On an object store: the complete versions of one listing."""
+    if isinstance(base_path, RemoteBase):
+        return mirror.listing_once(base_path, source)
     try:
         return layout.versions(base_path, source)
     except OSError:

@@ -60,6 +60,8 @@ class Reloader:
         """Raise ``ServingError`` (FAILED_PRECONDITION, TF Serving's text) for a label that may
         not point where it does."""
         for spec in specs:
+            if not spec.labels:  # nothing to check: no listing (on a bucket, a LIST a reload)
+                continue
             model = self.models.get(spec.name)
             available = set(model.manager.steps()) if model is not None and \
                 model.base_path == spec.base_path else set()

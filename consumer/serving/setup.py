@@ -23,9 +23,10 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
         except config.ConfigError as err:
             cli.fail(prog, str(err))
     else:
-        specs = [ModelSpec(args.model_name, Path(args.model_base_path).absolute(), "base")]
+        base = args.model_base_path  # a Path, or a RemoteBase (flags.parse)
+        specs = [ModelSpec(args.model_name, base.absolute(), "base")]
     for spec in specs:
-        if spec.base_path.exists() and not spec.base_path.is_dir():
+        if spec.base_path.exists() and not spec.base_path.is_dir():  # a RemoteBase is a dir
             cli.fail(prog, f"base path {spec.base_path} of model {spec.name} is a file")
     parameters = None
     if args.enable_batching:
@@ -44,7 +45,8 @@ def build(args: argparse.Namespace, prog: str) -> ModelServer:
                   gate_dataset=args.gate_dataset, warm_swap=not args.full_loads,
                   poll=args.poll, rescan=float(rescan) if rescan > 0 else 24 * 3600.0,
                   load_retries=args.max_num_load_retries,
-                  load_retry_interval=args.load_retry_interval_micros / 1e6)
+                  load_retry_interval=args.load_retry_interval_micros / 1e6,
+                  store_poll=float(rescan))  # TF Serving's meaning: 0 polls once, less never
     options = Options(host=args.host, rest_port=args.rest_api_port or None,
                       grpc_port=args.port or None, work_dir=args.work_dir,
                       loop=loop, warmup=args.enable_model_warmup,
