@@ -12,11 +12,33 @@ retires the old one: its sessions close as they come back.
 
 Whether two versions share a graph is decided by their keys (``shared.graphkey``): a hash of the
 meta graph they load and its assets, recorded by the writer at commit or computed here.
+
+A big model (``BIG_BYTES`` of variables or more) is swapped differently, so that requests do not
+feel it (issue 31):
+
+- Its restore runs on one background thread at a lower CPU priority (``BACKGROUND_NICE``), with
+  TF's kernels on that thread (the restore's own reader threads are created there and inherit
+  its priority): a request's thread wins the CPU whenever both want it, and the restore takes
+  what requests leave.
+- It keeps no standby: a version is restored into a new session of the graph, whose variables
+  are not yet initialized, so TF's ``Assign`` takes the restored buffer as it is. Restoring into
+  a used session would copy the whole table once more (on TF's intra-op threads, at the
+  requests' priority) and hold three copies at the peak: live, standby and the restored one.
+  So a swap holds two copies at most, and one between swaps.
+- The old version's session closes on that background thread too, never on the thread of the
+  request that released it last: unmapping a GiB takes tens of ms.
+
+TF Serving loads and unloads on a pool of ``num_load_unload_threads`` at the requests' priority
+(``tensorflow_serving/core/aspired_versions_manager.h``, ``Options``); the lower priority here is
+ours (the README's "where we differ").
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +67,39 @@ def _init_op_name(graph: tf.Graph, meta_graph) -> str | None:
 
 
 CALLER_THREAD_NODES = 2000  # graphs this small run each request on the calling thread
+BIG_BYTES = 64 * 2 ** 20  # a version with this many bytes of variables is a big one
+BACKGROUND_NICE = 10  # added to its thread's nice: ~1/10 of a request thread's CPU share
+
+
+def _lower_priority() -> None:
+    """Runs first on the background thread: its own priority, not the process's (on Linux a
+    nice value is per thread, and threads it creates inherit it)."""
+    try:
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me)
+                                                + BACKGROUND_NICE))
+    except (OSError, AttributeError):  # not permitted, or not Linux: it runs at normal priority
+        pass
+
+
+_background = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="big-restore", initializer=_lower_priority)
+
+
+def in_background(work, *args):
+    """Run ``work(*args)`` on the background thread and wait for its result (or its error)."""
+    return _background.submit(work, *args).result()
+
+
+def variable_bytes(version: layout.Version) -> int:
+    """The size of a version's variables on disk (its data files): cheap, one directory read."""
+    prefix = version.path / "variables" / "variables" if version.kind == "savedmodel" \
+        else Path(version.path)
+    try:
+        return sum(entry.stat().st_size for entry in os.scandir(prefix.parent)
+                   if entry.name.startswith(f"{prefix.name}.data-"))
+    except OSError:
+        return 0
 
 
 class ImportedGraph:
@@ -53,7 +108,9 @@ class ImportedGraph:
     STANDBYS = 1  # idle sessions kept; with the live one, two per graph
 
     def __init__(self, graph: tf.Graph, key: str, saver_def, meta_graph=None,
-                 config: v1.ConfigProto | None = None) -> None:
+                 config: v1.ConfigProto | None = None, for_requests: bool = False) -> None:
+        """``for_requests``: it serves requests (serve mode), so a big version of it is
+        restored at background priority; elsewhere nothing competes with the restore."""
         self.graph, self.key, self.saver_def, self.config = graph, key, saver_def, config
         self.meta_graph = meta_graph  # SavedModels: for asset feeds and the main op
         self.main_op = _init_op_name(graph, meta_graph)
@@ -66,6 +123,8 @@ class ImportedGraph:
         self._idle: list[v1.Session] = []
         self._callables: dict[tuple, object] = {}  # (session, feeds, fetches, targets) -> callable
         self._nodes: int | None = None
+        self.for_requests = for_requests
+        self.big = False  # it serves requests and its variables are BIG_BYTES or more
         self._retired = False
         self._lock = threading.Lock()
 
@@ -83,7 +142,7 @@ class ImportedGraph:
 
     def _callable(self, session: v1.Session, feeds: tuple[str, ...], fetches: tuple[str, ...],
                   targets: tuple[str, ...], caller_thread: bool):
-        key = (id(session), feeds, fetches, targets)
+        key = (id(session), feeds, fetches, targets, caller_thread)
         found = self._callables.get(key)
         if found is None:
             options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches),
@@ -115,12 +174,17 @@ class ImportedGraph:
         return self.new_session(), False
 
     def give_back(self, session: v1.Session) -> None:
-        """A version's session is out of use: keep it as the standby, or close it."""
+        """A version's session is out of use: keep it as the standby, or close it (a big
+        model's on the background thread, not on the caller's: it may be a request's)."""
         with self._lock:
-            keep = not self._retired and len(self._idle) < self.STANDBYS
+            keep = not self._retired and not self.big and len(self._idle) < self.STANDBYS
             if keep:
                 self._idle.append(session)
-        if not keep:
+        if keep:
+            return
+        if self.big:
+            _background.submit(self.close_session, session)
+        else:
             self.close_session(session)
 
     def retire(self) -> None:
@@ -131,17 +195,31 @@ class ImportedGraph:
             self.close_session(session)
 
     def restore(self, session: v1.Session, version: layout.Version) -> None:
-        """Write ``version``'s variables into ``session`` (and run a SavedModel's main op)."""
+        """Write ``version``'s variables into ``session`` (and run a SavedModel's main op); a
+        big version's on the background thread, at its lower priority."""
+        self.big = self.for_requests and variable_bytes(version) >= BIG_BYTES
+        if self.big:
+            in_background(self._restore_in_graph, session, version)
+        else:
+            self._restore(session, version, False)
+
+    def _restore_in_graph(self, session: v1.Session, version: layout.Version) -> None:
+        with session.graph.as_default():  # the default graph is per thread
+            self._restore(session, version, True)
+
+    def _restore(self, session: v1.Session, version: layout.Version,
+                 caller_thread: bool) -> None:
         prefix = version.path / "variables" / "variables" if version.kind == "savedmodel" \
             else version.path
         # Through a callable made once per session: a quarter of Session.run's cost (0.1 ms
-        # against 0.34 for the linear model), most of a warm restore of a small model. The
-        # inter-op pool stays: a big model's assigns run side by side there.
+        # against 0.34 for the linear model), most of a warm restore of a small model. A small
+        # model's restore runs on the session's inter-op pool; a big one's kernels run on the
+        # background thread itself, where TF's reader threads for big tensors start too.
         restore = self._callable(session, (self.saver_def.filename_tensor_name,), (),
-                                 (self.saver_def.restore_op_name,), caller_thread=False)
+                                 (self.saver_def.restore_op_name,), caller_thread=caller_thread)
         restore(np.array(str(prefix).encode()))
         if self.main_op is not None:
             feeds = graphkey.asset_feeds(version.path, self.meta_graph)
             main_op = self._callable(session, tuple(feeds), (), (self.main_op,),
-                                     caller_thread=False)
+                                     caller_thread=caller_thread)
             main_op(*(np.array(path.encode()) for path in feeds.values()))

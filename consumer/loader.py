@@ -171,8 +171,12 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
         # that do not exist here.
         meta_graph = v1.saved_model.loader.load(session, [tag], str(version.path),
                                                 clear_devices=True)
-        imported = ImportedGraph(graph, key, meta_graph.saver_def, meta_graph, config)
+        imported = ImportedGraph(graph, key, meta_graph.saver_def, meta_graph, config,
+                                 for_requests=purpose == SERVE)
         phases["import"] = time.perf_counter() - mark
+        # Its restore was the SavedModel loader's, here; the next ones go by its size.
+        imported.big = purpose == SERVE and \
+            graphs.variable_bytes(version) >= graphs.BIG_BYTES
         if tag == contract.TRAIN_TAG:
             imported.training = contract.read_training(graph, version.root)
             return imported
@@ -186,7 +190,8 @@ def _import(version: layout.Version, tag: str, purpose: str, session: v1.Session
     saver = v1.train.import_meta_graph(f"{version.path}.meta", clear_devices=True)
     if saver is None:
         raise contract.ContractError("meta graph has no variables to restore")
-    imported = ImportedGraph(graph, key, saver.saver_def, config=config)
+    imported = ImportedGraph(graph, key, saver.saver_def, config=config,
+                             for_requests=purpose == SERVE)
     imported.training = contract.read_training(graph, version.root)
     phases["import"] = time.perf_counter() - mark
     mark = time.perf_counter()

@@ -69,6 +69,7 @@ class Consumer:
                              config.train_steps, config.max_publish_failures, stop)
         self.stats = Stats()
         self._gone_logged: set[tuple] = set()
+        self._noticed_at: float | None = None  # when the pass that loads a version began
 
     @property
     def live(self) -> loader.Loaded | None:
@@ -106,6 +107,7 @@ class Consumer:
         listing = self.source.next_listing(self._has_work, self.stop)
         if listing is None:
             return False
+        self._noticed_at = time.time()  # for model_loaded: where a handoff's time goes
         before = self._latest_identity()
         self._reconcile(listing)
         if self._latest_identity() not in (before, None):
@@ -220,7 +222,8 @@ class Consumer:
         self.stats.loaded.append(version.step)
         self.stats.handoff_seconds.append(handoff)
         log.info("model_loaded", step=version.step, source=version.kind, path=str(version.path),
-                 load=ready.load, ready_at=ready_at, load_seconds=round(ready.load_seconds, 4),
+                 load=ready.load, ready_at=ready_at, noticed_at=self._noticed_at,
+                 load_seconds=round(ready.load_seconds, 4),
                  handoff_seconds=round(handoff, 4),
                  phases={k: round(v, 4) for k, v in ready.phases.items()},
                  replaced_step=replaced.version.step if replaced else None, rss_mb=rss_mb())
