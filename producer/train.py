@@ -100,10 +100,12 @@ class Schedule:
         self._publish("checkpoint", step, final=True)
         self._publish("savedmodel", step, final=True)
         if self.uploader is not None and not self.uploader.finish(self.config.upload_timeout):
+            last = self.uploader.last_error
             raise PublishGaveUp(f"the upload to {self.config.remote} did not finish within "
-                                f"{self.config.upload_timeout:g} s; every version is "
-                                f"committed in {self.config.export_dir}, and the next run "
-                                "uploads what the bucket lacks")
+                                f"{self.config.upload_timeout:g} s"
+                                + (f" (last error: {last})" if last else "")
+                                + f"; every version is committed in {self.config.export_dir}, "
+                                "and the next run uploads what the bucket lacks")
 
     def _publish(self, kind: str, step: int, final: bool = False) -> None:
         started = time.perf_counter()

@@ -11,8 +11,9 @@ Each sync is one LIST of the bucket's committed versions, then the uploads of th
 versions it lacks (oldest first), then retention: the bucket keeps the newest
 ``--keep-exports`` of its committed versions, as the local dir does, retiring the oldest first
 (manifest first). A sync that fails (the store down, throttling) is logged once when the
-trouble starts and once when it clears, and retried with back-off (1 s doubling to 60 s) while
-training goes on.
+trouble starts (again when it changes kind: a store down, then access denied) and once when
+it clears, and retried with back-off (1 s doubling to 60 s) while training goes on; a defect of
+ours in a pass is logged the same way, with its traceback, and the thread goes on.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Uploader:
         self.synced = threading.Event()  # set while the bucket holds what the dir holds
         self.closing = False
         self.failures = 0  # in a row; logged when it becomes 1 and when it returns to 0
+        self.condition: str | None = None  # the kind of trouble last logged
+        self.last_error = ""  # of the last failed pass, for the producer's final word
         self.down_since: float | None = None
         self.thread = threading.Thread(target=self._run, name="uploader", daemon=True)
 
@@ -60,6 +63,7 @@ class Uploader:
         done = self.synced.wait(timeout)
         self.closing = True
         self.wake.set()
+        self.thread.join(min(timeout, 5.0))  # a pass in flight ends at its next request
         return done
 
     def _run(self) -> None:
@@ -71,7 +75,7 @@ class Uploader:
                 return
             try:
                 self.sync()
-            except store.StoreError as err:
+            except Exception as err:  # supervised: a store's refusal or a defect of ours
                 delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, delay * 2))
                 self._failed(err, delay)
                 continue
@@ -111,19 +115,33 @@ class Uploader:
         manifest = layout.read_manifest(self.root) or {"model": self.model}
         self.top.put(layout.MANIFEST, json.dumps(manifest).encode())
 
-    def _failed(self, err: store.StoreError, delay: float) -> None:
+    def _failed(self, err: Exception, delay: float) -> None:
+        """Log the trouble when it starts and when its kind changes (unavailable -> refused):
+        a store that goes from down to access denied must not stay hidden behind the first
+        line."""
         self.failures += 1
+        self.last_error = f"{str(err) or type(err).__name__}"[:300]
+        condition = ("unavailable" if isinstance(err, store.TransientStoreError) else
+                     "refused" if isinstance(err, store.StoreError) else
+                     "local" if isinstance(err, OSError) else "defect")
         if self.failures == 1:
             self.down_since = time.monotonic()
-            log.warning("upload_failed", url=self.url, error=str(err)[:300],
-                        transient=isinstance(err, store.TransientStoreError),
-                        retry_in_seconds=delay)
+        if condition == self.condition:
+            return
+        self.condition = condition
+        fields = dict(url=self.url, error=self.last_error,
+                      condition=condition, transient=condition == "unavailable",
+                      failures=self.failures, retry_in_seconds=delay)
+        if condition == "defect":
+            log.exception("upload_failed", **fields)
+        else:
+            log.warning("upload_failed", **fields)
 
     def _recovered(self) -> None:
         if self.failures:
             log.info("upload_recovered", url=self.url, failures=self.failures,
                      seconds=round(time.monotonic() - (self.down_since or time.monotonic()), 3))
-        self.failures, self.down_since = 0, None
+        self.failures, self.down_since, self.condition = 0, None, None
 
 
 def check_bucket(url: str, model: str) -> None:
@@ -140,7 +158,7 @@ def check_bucket(url: str, model: str) -> None:
         raise layout.LayoutError(f"--export-dir {url}: {err}") from None
     try:
         named = json.loads(got.data).get("model")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, too deep
         named = None
     if named != model:
         raise layout.LayoutError(f"--export-dir {url} holds versions of model {named!r}, "

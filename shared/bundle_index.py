@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 
 MAGIC = 0xDB4775248B80FB57
+MAX_SHARDS = 100_000  # DataFilename's %05d; a header counting more is not believed
+MAX_KEY = 64 << 10  # bytes of one tensor name: a longer key is not a checkpoint's
 FOOTER = 48
 TRAILER = 5  # compression type byte + crc32c
 NO_COMPRESSION = 0
@@ -40,12 +42,17 @@ def data_file(shard: int, num_shards: int) -> str:
 def required_sizes(index: bytes) -> dict[str, int]:
     """Each data shard's file name -> the least size it must have: the end of the last tensor
     the index puts in it. Every shard the header counts is named, an empty one with 0.
-    Raises BundleIndexError on bytes that do not parse."""
+    Raises BundleIndexError on bytes that do not parse, and on a header counting more than
+    ``MAX_SHARDS`` shards (a dict of that many names is the spending a hostile index asks for).
+    Keys are not built, only their lengths tracked: the work is linear in the index's size."""
     num_shards, ends = 1, {}
-    for key, value in entries(index):
+    for key_length, value in _walk(index):
         fields = _fields(value)
-        if key == b"":
+        if key_length == 0:
             num_shards = max(1, fields.get(1, 1))
+            if num_shards > MAX_SHARDS:
+                raise BundleIndexError(f"its header counts {num_shards} shards, more than "
+                                       f"{MAX_SHARDS}")
             continue
         if 7 in fields:  # a partitioned tensor: its slices are entries of their own
             continue
@@ -57,17 +64,28 @@ def required_sizes(index: bytes) -> dict[str, int]:
 
 
 def entries(index: bytes) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of the table, in order."""
+    """Every (key, value) of the table, in order (for inspection: ``required_sizes`` does not
+    build the keys)."""
+    return list(_walk(index, keys=True))
+
+
+def _walk(index: bytes, keys: bool = False):
+    """(key length, or the key with ``keys``; value) of every entry. The data blocks the index
+    block names must follow one another without overlap, so no byte is parsed twice: a hostile
+    index cannot make one block be read a million times."""
     if len(index) < FOOTER or struct.unpack_from("<Q", index, len(index) - 8)[0] != MAGIC:
         raise BundleIndexError("not an SSTable (no magic number at the end)")
     footer = memoryview(index)[len(index) - FOOTER:]
     _, pos = _handle(footer, 0)  # the metaindex: TF writes it empty
     (offset, size), _ = _handle(footer, pos)
-    found = []
-    for _, handle in _block(index, offset, size):
+    next_free = 0
+    for _, handle in _block(index, offset, size, True):
         (block_offset, block_size), _ = _handle(memoryview(handle), 0)
-        found.extend(_block(index, block_offset, block_size))
-    return found
+        if block_offset < next_free or block_offset + block_size > offset:
+            raise BundleIndexError(f"a data block at {block_offset}+{block_size} overlaps "
+                                   "another or the index block")
+        next_free = block_offset + block_size + TRAILER
+        yield from _block(index, block_offset, block_size, keys)
 
 
 def _handle(data: memoryview, pos: int) -> tuple[tuple[int, int], int]:
@@ -76,7 +94,8 @@ def _handle(data: memoryview, pos: int) -> tuple[tuple[int, int], int]:
     return (offset, size), pos
 
 
-def _block(index: bytes, offset: int, size: int) -> list[tuple[bytes, bytes]]:
+def _block(index: bytes, offset: int, size: int, keys: bool):
+    """The entries of one block: (key, value) with ``keys``, else (key length, value)."""
     if offset < 0 or size < 4 or offset + size + TRAILER > len(index) - FOOTER:
         raise BundleIndexError(f"a block at {offset}+{size} lies outside the file")
     if index[offset + size] != NO_COMPRESSION:
@@ -86,18 +105,21 @@ def _block(index: bytes, offset: int, size: int) -> list[tuple[bytes, bytes]]:
     limit = size - 4 - 4 * restarts
     if limit < 0:
         raise BundleIndexError("a block's restart array is larger than the block")
-    found, pos, key = [], 0, b""
+    pos, key, key_length = 0, b"", 0
     while pos < limit:
         shared, pos = _varint(block, pos)
         fresh, pos = _varint(block, pos)
         length, pos = _varint(block, pos)
-        if shared > len(key) or pos + fresh + length > limit:
+        if shared > key_length or pos + fresh + length > limit:
             raise BundleIndexError("an entry runs past its block")
-        key = key[:shared] + bytes(block[pos:pos + fresh])
+        key_length = shared + fresh
+        if key_length > MAX_KEY:
+            raise BundleIndexError(f"a key of {key_length} bytes, more than {MAX_KEY}")
+        if keys:
+            key = key[:shared] + bytes(block[pos:pos + fresh])
         pos += fresh
-        found.append((key, bytes(block[pos:pos + length])))
+        yield (key if keys else key_length), bytes(block[pos:pos + length])
         pos += length
-    return found
 
 
 def _varint(data, pos: int) -> tuple[int, int]:

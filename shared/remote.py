@@ -31,19 +31,20 @@ the unchanged local loader reads it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import bundle_index, layout
-from shared.store import ObjectInfo, ObjectMissing, Store, StoreError, TooLarge, check_key
+from shared.store import ObjectInfo, ObjectMissing, Store, StoreError, check_key
 
 MANIFEST_NAME = "tf-handoff-manifest.json"
 POINTER_NAME = "tf-handoff-pointer.json"
 MANIFEST_FORMAT = 1
 INDEX_KEY = "variables/variables.index"
-INDEX_LIMIT = 64 << 20  # a variables.index past this is not downloaded to prove completeness
+INDEX_LIMIT = 16 << 20  # a variables.index past this is not downloaded to prove completeness
+# (~100,000 tensors; parsed in pure Python, once per ETag)
 MANIFEST_LIMIT = 4 << 20  # about 40,000 files
 GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
@@ -51,6 +52,11 @@ GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 class ManifestError(StoreError):
     """A manifest or pointer that is not ours, not JSON, or names files in a bad form
     (absolute, ``..``): its version is not taken."""
+
+
+class BadPointer(ManifestError, ObjectMissing):
+    """A pointer object that is not ours (not JSON, another format): a reader treats it as no
+    pointer (an ObjectMissing: it lists instead), never as a store that refuses it."""
 
 
 class FetchError(StoreError):
@@ -90,7 +96,7 @@ class Manifest:
             for path, entry in raw["files"].items():
                 check_key(path)
                 size, digest = entry["size"], entry["sha256"]
-                if not (isinstance(size, int) and size >= 0 and isinstance(digest, str)
+                if not (type(size) is int and size >= 0 and isinstance(digest, str)
                         and len(digest) == 64):
                     raise ValueError(f"bad entry for {path}")
                 files[path] = FileEntry(size, digest)
@@ -98,8 +104,10 @@ class Manifest:
             if not isinstance(version, int) or isinstance(version, bool):
                 raise ValueError("no integer version")
             return cls(version, files, float(raw.get("committed_at", 0.0)))
-        except (ValueError, TypeError, KeyError, AttributeError, StoreError) as err:
-            raise ManifestError(f"not a manifest of ours: {err}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError,
+                StoreError) as err:  # RecursionError: JSON nested deeper than Python recurses
+            raise ManifestError(f"not a manifest of ours: {type(err).__name__}: "
+                                f"{str(err)[:200]}") from None
 
     @classmethod
     def of_dir(cls, version: int, path: Path) -> "Manifest":
@@ -139,8 +147,9 @@ class Pointer:
             raw = json.loads(data)
             versions = tuple(int(v) for v in raw["versions"])
             return cls(versions, float(raw["updated_at"]), etag)
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            raise ManifestError(f"not a pointer of ours: {err}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+            raise BadPointer(f"not a pointer of ours: {type(err).__name__}: "
+                             f"{str(err)[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -150,10 +159,11 @@ class RemoteVersion:
     version: int
     files: dict[str, ObjectInfo]  # relative to the version's prefix (``variables/...``)
     manifest: Manifest | None  # None: written by another tool, proven complete from its index
+    name: str = ""  # its prefix's name on the store when not ``str(version)`` ("0010")
 
     @property
     def prefix(self) -> str:
-        return f"{self.version}/"
+        return f"{self.name or self.version}/"
 
     @property
     def size(self) -> int:
@@ -192,118 +202,24 @@ def read_pointer(store: Store, etag: str | None = None) -> Pointer | None:
     return None if got.unchanged else Pointer.from_bytes(got.data, got.etag)
 
 
-def group_versions(listing: list[ObjectInfo]) -> dict[int, dict[str, ObjectInfo]]:
-    """The objects of a base path's listing by version: ``<n>/<rest>`` -> {rest: info}."""
-    grouped: dict[int, dict[str, ObjectInfo]] = {}
-    for info in listing:
-        head, sep, rest = info.key.partition("/")
-        if sep and rest and layout.is_version_name(head):
-            grouped.setdefault(int(head), {})[rest] = info
-    return grouped
+# the scan, the fetch and the writer's side live in modules of their own, which import this
+# one; they are named here (loaded at first use, PEP 562) so that one import gives every step of
+# the protocol, and so that importing any of them first works too (no import cycle)
+_ELSEWHERE = {"complete_versions": "shared.remote_scan", "group_versions": "shared.remote_scan",
+              "scan_versions": "shared.remote_scan", "fetch": "shared.remote_fetch",
+              "publish": "shared.remote_writer", "retire": "shared.remote_writer",
+              "committed_versions": "shared.remote_writer",
+              "write_pointer": "shared.remote_writer"}
 
 
-def complete_versions(store: Store, memory: ScanMemory | None = None) -> list[RemoteVersion]:
-    """The versions under ``store`` (a base path) a reader may take, oldest first: one LIST,
-    plus a GET of each new manifest and of each other tool's new ``variables.index``. Pass the
-    same ``memory`` at each poll: without it, no other tool's version is ever proven (its sizes
-    must be seen unchanged twice). Why each other version was not taken is left in
-    ``memory.incomplete``. Raises TransientStoreError when the store cannot be listed: what is
-    complete is unknown then, which is not the same as nothing."""
-    memory = memory if memory is not None else ScanMemory()
-    listing = store.list()
-    grouped = group_versions(listing)
-    complete, memory.incomplete = [], {}
-    for number in sorted(grouped):
-        files = grouped[number]
-        if MANIFEST_NAME in files:
-            found = _with_manifest(store, memory, number, files)
-        elif number in memory.ours:  # our manifest went first: being retired, not foreign
-            found = "its manifest was deleted (retired)"
-        else:
-            found = _proven(store, memory, number, files)
-        if isinstance(found, str):
-            memory.incomplete[number] = found
-        else:
-            complete.append(found)
-    memory.previous = {info.key: (info.size, info.etag) for info in listing}
-    live = {info.key for info in listing}
-    for cache in (memory.indexes, memory.manifests):
-        for key in [k for k in cache if k[0] not in live]:
-            del cache[key]
-    return complete
+def __getattr__(name: str):
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-
-def _with_manifest(store: Store, memory: ScanMemory, number: int,
-                   files: dict[str, ObjectInfo]) -> RemoteVersion | str:
-    marker = files[MANIFEST_NAME]
-    cached = memory.manifests.get((marker.key, marker.etag))
-    if cached is None:
-        try:
-            cached = Manifest.from_bytes(
-                store.get(marker.key, limit=MANIFEST_LIMIT).data)
-            if cached.version != number:
-                cached = f"its manifest names version {cached.version}"
-        except ObjectMissing:
-            return "its manifest left between the listing and its read"
-        except (ManifestError, TooLarge) as err:  # transient: raised, the next poll retries
-            cached = str(err)
-        memory.manifests[(marker.key, marker.etag)] = cached
-    if isinstance(cached, str):
-        return cached
-    memory.ours.add(number)
-    for path, entry in cached.files.items():
-        info = files.get(path)
-        if info is None or info.size != entry.size:
-            return f"{path}: {'missing' if info is None else info.size} bytes, " \
-                   f"its manifest says {entry.size}"
-    return RemoteVersion(number, {p: files[p] for p in cached.files}, cached)
-
-
-def _proven(store: Store, memory: ScanMemory, number: int,
-            files: dict[str, ObjectInfo]) -> RemoteVersion | str:
-    """Another tool's version: complete only if its index says every shard is whole and no
-    size moved since the last listing."""
-    if not any(name in files for name in GRAPH_FILES):
-        return "no saved_model.pb or saved_model.pbtxt"
-    index = files.get(INDEX_KEY)
-    if index is None:
-        return f"no {INDEX_KEY}"
-    shards = memory.indexes.get((index.key, index.etag))
-    if shards is None:
-        shards = _read_index(store, index)
-        memory.indexes[(index.key, index.etag)] = shards
-    if isinstance(shards, str):
-        return shards
-    for name, least in shards.items():
-        info = files.get(f"variables/{name}")
-        if info is None or info.size < least:
-            return f"variables/{name}: {'missing' if info is None else info.size} bytes, " \
-                   f"the index needs {least}"
-    moved = [rest for rest, info in files.items()
-             if memory.previous.get(info.key) != (info.size, info.etag)]
-    if moved:
-        return f"{len(moved)} file(s) new or changed since the last listing ({moved[0]})"
-    return RemoteVersion(number, dict(files), None)
-
-
-def _read_index(store: Store, index: ObjectInfo) -> dict[str, int] | str:
-    if index.size > INDEX_LIMIT:
-        return f"{INDEX_KEY} is {index.size} bytes, more than {INDEX_LIMIT}: not read"
-    try:
-        return bundle_index.required_sizes(store.get(index.key, limit=INDEX_LIMIT).data)
-    except ObjectMissing:
-        return f"{INDEX_KEY} left between the listing and its read"
-    except TooLarge:  # it grew since the listing: the next listing says how large
-        return f"{INDEX_KEY} grew past {INDEX_LIMIT} bytes"
-    except bundle_index.BundleIndexError as err:
-        return f"{INDEX_KEY} does not parse: {err}"
-
-
-# the fetch and the writer's side, in modules of their own; named here so that one import
-# gives every step of the protocol
-from shared.remote_fetch import fetch  # noqa: E402
-from shared.remote_writer import (committed_versions, publish, retire,  # noqa: E402
-                                  write_pointer)
 
 __all__ = ["MANIFEST_NAME", "POINTER_NAME", "Manifest", "Pointer", "RemoteVersion",
            "ScanMemory", "ManifestError", "FetchError", "read_pointer", "complete_versions",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from shared.durable import TEMP_PREFIX, fsync_dir, fsync_tree, umask
 from shared.remote import MANIFEST_NAME, FetchError, RemoteVersion, sha256_of
-from shared.store import DEFAULT_PARALLEL, DEFAULT_PART_SIZE, Store, check_key
+from shared.store import (DEFAULT_PARALLEL, DEFAULT_PART_SIZE, ObjectChanged, ObjectMissing,
+                          Store, StoreError, check_key)
 
 FREE_MARGIN = 64 << 20  # left free on the cache's disk beyond a version's bytes
 
@@ -23,10 +24,17 @@ def fetch(store: Store, version: RemoteVersion, dest: Path, *,
     """Copy ``version`` into the local directory ``dest`` (which must not exist): download each
     file into a hidden staging dir beside it (parallel ranged reads), check each size against
     the listing and, with a manifest, each sha256; fsync; then one rename makes ``dest``.
-    Anything else left behind on failure is removed. Raises FetchError (a mismatch),
+    Anything else left behind on failure is removed. Raises FetchError (a mismatch; a file that
+    went or changed during the download, as when the writer retires the version meanwhile; a
+    path that is not a plain relative one, checked before anything is created),
     TransientStoreError, OSError (ENOSPC: checked against ``version.size`` before the first
     byte is written, and again as the disk fills)."""
     dest = Path(dest)
+    for path in version.files:
+        try:
+            check_key(path)
+        except StoreError as err:
+            raise FetchError(f"{store.url}/{version.prefix}: {err}") from None
     if dest.exists():
         raise FileExistsError(errno.EEXIST, "a fetch never writes over a version", str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -36,12 +44,18 @@ def fetch(store: Store, version: RemoteVersion, dest: Path, *,
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}fetch-{version.version}-",
                                     dir=dest.parent))
     try:
-        _download_all(store.child(str(version.version)), version, staging, parallel)
+        _download_all(store.child(version.prefix), version, staging, parallel)
         if version.manifest is not None:
             (staging / MANIFEST_NAME).write_bytes(version.manifest.to_bytes())
         os.chmod(staging, 0o777 & ~umask())
         fsync_tree(staging)
         os.rename(staging, dest)
+    except (ObjectMissing, ObjectChanged) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FetchError(f"{err} (it went or changed during the download)") from None
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        shutil.rmtree(staging, ignore_errors=True)  # "a" and "a/b" both named as files
+        raise FetchError(f"{store.url}/{version.prefix}: {err}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -56,8 +70,14 @@ def _download_all(store: Store, version: RemoteVersion, staging: Path, parallel:
     for path in version.files:
         (staging / path).parent.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, min(parallel, len(small)))) as pool:
-        for _ in pool.map(lambda p: _download_one(store, version, p, staging, 1), small):
-            pass
+        futures = [pool.submit(_download_one, store, version, p, staging, 1) for p in small]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:  # the version is lost: do not download the rest of it
+            for future in futures:
+                future.cancel()
+            raise
     for path in large:
         _download_one(store, version, path, staging, parallel)
 

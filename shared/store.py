@@ -34,6 +34,7 @@ SCHEMES = ("s3", "gs")
 SMALL_OBJECT_LIMIT = 1 << 20  # ``get``'s default bound: a pointer or manifest, never a shard
 DEFAULT_PART_SIZE = 16 << 20  # ranged reads of a download, each in its own request
 DEFAULT_PARALLEL = 8  # ranged reads in flight for one download
+LIST_LIMIT = 200_000  # objects one listing may hold: a base path past this is refused, not read
 
 
 class StoreError(Exception):
@@ -51,7 +52,21 @@ class ObjectMissing(StoreError):
 
 
 class TooLarge(StoreError):
-    """An object is larger than the bound its reader set: refused before its body is read."""
+    """An object is larger than the bound its reader set: refused before its body is read. Also
+    a listing with more objects than its bound (``LIST_LIMIT``)."""
+
+
+class ObjectChanged(TransientStoreError):
+    """The object was replaced or resized while it was read (If-Match failed, or fewer or more
+    bytes came than listed): list again; the bytes read are not to be used."""
+
+
+class Listing(list):
+    """What ``Store.list`` returns: the objects, and ``unreadable``, the first-level prefixes
+    (``10/``) left out whole because a key under them cannot be read as a path (``..``, an empty
+    part) by the client library. A version under such a prefix is never taken half-listed."""
+
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,11 @@ class Store:
         """The same store rooted at ``prefix`` below this one (``savedmodels``, ``123``)."""
         raise NotImplementedError
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object below ``prefix`` (recursively), sorted by key. Missing prefix: []."""
+    def list(self, prefix: str = "", *, limit: int = LIST_LIMIT) -> list[ObjectInfo]:
+        """Every object below ``prefix`` (recursively), sorted by key. Missing prefix: [].
+        More than ``limit`` objects raises TooLarge, once the limit is passed (memory bound).
+        The result is a ``Listing``: a first-level prefix holding a key the library cannot
+        parse is left out whole and named in its ``unreadable``."""
         raise NotImplementedError
 
     def get(self, key: str, *, if_none_match: str | None = None,
@@ -188,9 +206,9 @@ class LocalStore(Store):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        top = self.root / prefix.strip("/") if prefix.strip("/") else self.root
-        found = []
+    def list(self, prefix: str = "", *, limit: int = LIST_LIMIT) -> list[ObjectInfo]:
+        top = self.root / check_key(prefix.strip("/")) if prefix.strip("/") else self.root
+        found = Listing()
         for dirpath, dirnames, filenames in os.walk(top, onerror=_raise):
             dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
             for name in filenames:
@@ -203,7 +221,10 @@ class LocalStore(Store):
                     continue
                 found.append(ObjectInfo(path.relative_to(self.root).as_posix(), info.st_size,
                                         _local_etag(info), info.st_mtime))
-        return sorted(found, key=lambda o: o.key)
+                if len(found) > limit:
+                    raise TooLarge(f"{top}: more than {limit} files")
+        found.sort(key=lambda o: o.key)
+        return found
 
     def get(self, key: str, *, if_none_match: str | None = None,
             limit: int = SMALL_OBJECT_LIMIT) -> Got:
@@ -232,7 +253,7 @@ class LocalStore(Store):
             raise ObjectMissing(f"{path}: no such file") from None
         written = Path(dest).stat().st_size
         if size is not None and written != size:
-            raise TransientStoreError(f"{path}: {written} bytes, listed as {size}: it changed")
+            raise ObjectChanged(f"{path}: {written} bytes, listed as {size}: it changed")
         return written
 
     def upload(self, path: Path, key: str) -> ObjectInfo:

@@ -30,9 +30,10 @@ from typing import Iterable
 import obstore as obs
 from obstore import exceptions as obx
 
-from shared.store import (DEFAULT_PARALLEL, DEFAULT_PART_SIZE, SMALL_OBJECT_LIMIT, Got,
-                          ObjectInfo, ObjectMissing, Store, StoreError, TooLarge,
-                          TransientStoreError, check_key, endpoint_for_s3, join)
+from shared.store import (DEFAULT_PARALLEL, DEFAULT_PART_SIZE, LIST_LIMIT, SMALL_OBJECT_LIMIT,
+                          Got, Listing, ObjectChanged, ObjectInfo, ObjectMissing, Store,
+                          StoreError, TooLarge, TransientStoreError, check_key,
+                          endpoint_for_s3, join)
 
 RETRIES = {"max_retries": 2, "retry_timeout": timedelta(seconds=10),
            "backoff": {"init_backoff": timedelta(milliseconds=100),
@@ -105,26 +106,52 @@ def _first_line(err: BaseException) -> str:
     return f"{summary} {code.group(1)}" if code else summary
 
 
+# S3's and GCS's error codes that mean "not now" whatever their HTTP status (RequestTimeout
+# comes as a 400): as the AWS SDKs' retry handlers list them (botocore/retryhandler.py,
+# _retry.json: throttling and transient errors)
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "RequestTimeout", "RequestTimeoutException", "InternalError",
+    "ServiceUnavailable", "Throttling", "ThrottlingException", "ThrottledException",
+    "RequestThrottled", "RequestThrottledException", "TooManyRequests",
+    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+    "ProvisionedThroughputExceededException", "PriorRequestNotComplete", "OperationAborted",
+    "EC2ThrottledException", "TransactionInProgressException", "IDPCommunicationError"})
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"<Code>([^<]{1,64})</Code>")
+
+
 def translate(err: Exception, what: str) -> StoreError:
-    """obstore's error as ours: missing, refused for good, or transient (the default: a store
-    that answers oddly is retried later rather than given up on)."""
+    """obstore's error as ours. Transient: S3's codes for "not now" (SlowDown, RequestTimeout,
+    even as a 400), any 5xx, 408 and 429, and every error with no HTTP status (connection
+    refused or reset, timeouts). Refused for good: the other 4xx (400, 401, 403, 404 of a
+    bucket...). Missing: a 404 of an object."""
     line = f"{what}: {_first_line(err)}"
-    if "NoSuchBucket" in str(err):  # a 404 too, but no object will ever be there
+    text = str(err)
+    code = _CODE.search(text)
+    code = code.group(1) if code else None
+    status = _STATUS.search(text)
+    status = int(status.group(1)) if status else None
+    if code in TRANSIENT_CODES:
+        return TransientStoreError(line)
+    if code == "NoSuchBucket":  # a 404 too, but no object will ever be there
         return StoreError(line)
-    if isinstance(err, (obx.NotFoundError, FileNotFoundError)):
+    if isinstance(err, obx.PreconditionError):
+        return ObjectChanged(f"{line} (the object changed while it was read)")
+    if isinstance(err, (obx.NotFoundError, FileNotFoundError)) or code == "NoSuchKey":
         return ObjectMissing(line)
     if isinstance(err, (obx.PermissionDeniedError, obx.UnauthenticatedError, PermissionError,
                         obx.InvalidPathError, obx.NotSupportedError,
                         obx.UnknownConfigurationKeyError)):
         return StoreError(line)
-    if isinstance(err, obx.PreconditionError):
-        return TransientStoreError(f"{line} (the object changed while it was read)")
-    text = str(err)
-    for status in ("400 Bad Request", "403 Forbidden", "404 Not Found", "NoSuchBucket",
-                   "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
-        if status in text:
-            return StoreError(line)
+    if status is not None and 400 <= status < 500 and status not in (408, 429):
+        return StoreError(line)
     return TransientStoreError(line)
+
+
+def _bad_path(err: Exception) -> bool:
+    """Whether a listing failed on a key the library cannot parse as a path (``a/../b``,
+    ``a//b``): S3 keys are any string, ``object_store`` paths are not."""
+    return isinstance(err, obx.InvalidPathError) or "invalid path" in str(err).lower()
 
 
 class CloudStore(Store):
@@ -142,10 +169,22 @@ class CloudStore(Store):
     def _key(self, key: str) -> str:
         return join(self.prefix, check_key(key))
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "", *, limit: int = LIST_LIMIT) -> list[ObjectInfo]:
         full = join(self.prefix, prefix)
+        try:
+            found = self._list(full, limit)
+        except ERRORS as err:
+            if not _bad_path(err):
+                raise translate(err, f"cannot list {self.url}/{prefix}") from None
+            found = self._list_around_bad_keys(full, prefix, limit)
+        found.sort(key=lambda o: o.key)
+        return found
+
+    def _list(self, full: str, limit: int) -> Listing:
+        """One recursive LIST of ``full`` (a key prefix of the bucket), as ObjectInfos relative
+        to this store's root. Raises obstore's errors, TooLarge past ``limit``."""
         strip = len(self.prefix) + 1 if self.prefix else 0
-        found = []
+        found = Listing()
         try:
             for batch in obs.list(self.client, full + "/" if full else None, chunk_size=1000):
                 for meta in batch:
@@ -153,11 +192,37 @@ class CloudStore(Store):
                     modified = meta.get("last_modified")
                     found.append(ObjectInfo(meta["path"][strip:], meta["size"], etag,
                                             modified.timestamp() if modified else None))
+                if len(found) > limit:
+                    raise TooLarge(f"{self.url}: more than {limit} objects under {full}/")
         except (obx.NotFoundError, FileNotFoundError):
-            return []
+            return Listing()
+        return found
+
+    def _list_around_bad_keys(self, full: str, prefix: str, limit: int) -> Listing:
+        """The listing when a key below ``full`` does not parse: the first level (one LIST with
+        a delimiter), then each first-level prefix on its own; one that fails to parse too is
+        left out whole and named in ``unreadable``. One bad key costs its own version, never
+        the base path."""
+        where = f"cannot list {self.url}/{prefix}"
+        try:
+            level = obs.list_with_delimiter(self.client, full + "/" if full else None)
         except ERRORS as err:
-            raise translate(err, f"cannot list {self.url}/{prefix}") from None
-        return sorted(found, key=lambda o: o.key)
+            raise translate(err, where) from None
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found, unreadable = Listing(), []
+        for meta in level["objects"]:
+            found.append(ObjectInfo(meta["path"][strip:], meta["size"],
+                                    (meta.get("e_tag") or "").strip('"') or None,
+                                    meta["last_modified"].timestamp()))
+        for child in level["common_prefixes"]:
+            try:
+                found.extend(self._list(child.rstrip("/"), limit - len(found)))
+            except ERRORS as err:
+                if not _bad_path(err):
+                    raise translate(err, where) from None
+                unreadable.append(child.rstrip("/")[strip:] + "/")
+        found.unreadable = tuple(unreadable)
+        return found
 
     def get(self, key: str, *, if_none_match: str | None = None,
             limit: int = SMALL_OBJECT_LIMIT) -> Got:
@@ -216,12 +281,12 @@ class CloudStore(Store):
             result = obs.get(self.client, self._key(key), options=options)
             for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
                 if offset + len(chunk) > end:
-                    raise TransientStoreError(f"{where}: longer than the {end} bytes listed")
+                    raise ObjectChanged(f"{where}: longer than the {end} bytes listed")
                 offset += os.pwrite(fd, chunk, offset)
         except ERRORS as err:
             raise translate(err, where) from None
         if offset != end:
-            raise TransientStoreError(f"{where}: {offset - start} bytes of range "
+            raise ObjectChanged(f"{where}: {offset - start} bytes of range "
                                       f"{start}-{end} read: the object changed")
 
     def upload(self, path: Path, key: str) -> ObjectInfo:

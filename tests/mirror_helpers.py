@@ -62,6 +62,14 @@ class Asker:
         self._stop.set()
         self._thread.join(30)
 
+    def wait_for_version(self, version: int, timeout: float = 10.0) -> None:
+        """Until an answer from ``version`` came back: a version live on the server may not
+        have answered this client yet (its request in flight started on the old one)."""
+        deadline = time.monotonic() + timeout
+        while version not in self.versions:
+            assert time.monotonic() < deadline, (version, self.versions)
+            time.sleep(0.01)
+
     def _run(self) -> None:
         client = RestClient(self.port, timeout=10)
         x = 1.0

@@ -137,6 +137,7 @@ def test_three_servers_and_an_evaluating_consumer_take_every_version(forks, tmp_
         publish(1)
         with Asker(servers[0][1], "hp") as asker:  # from the first version on: none fails
             publish(2)
+            asker.wait_for_version(2)
         assert producer.wait(120) == 0, producer.stderr[-2000:]
         for consumer in consumers:
             assert consumer.wait(LIVE_TIMEOUT) == 0, consumer.stderr[-2000:]
@@ -320,7 +321,7 @@ def test_a_full_cache_disk_is_logged_once_and_the_live_version_answers(forks, tm
             freed = time.time()
             took = live(server, 2)["ready_at"] - freed
             server.wait_seen(lambda e: e["event"] == "cache_full_cleared", timeout=5)
-            time.sleep(0.3)  # the client meets version 2
+            asker.wait_for_version(2)
             labelled = RestClient(port).predict("hp/labels/stable", {"instances": [1.0]})
         assert server.terminate() == 0, server.stderr[-2000:]
         assert not asker.failures, asker.failures[:5]
