@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from harness.processes import ForkServer, Process
+from harness.processes import ForkServer, Process, env
 
 _warm: dict[str, ForkServer] = {}  # module -> the fork server its processes start from
 
@@ -26,8 +26,9 @@ def warm_starts(modules: tuple[str, ...]) -> Iterator[None]:
 
 
 def start(module: str, *args) -> Process:
-    """A bench process, warm inside ``warm_starts`` for its module, else cold."""
-    return Process(module, *args, server=_warm.get(module))
+    """A bench process, warm inside ``warm_starts`` for its module, else cold; with the
+    environment as it is now either way (a run points the SDKs at its own S3 endpoint)."""
+    return Process(module, *args, server=_warm.get(module), environ=env())
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -74,7 +74,7 @@ def serve(modules: list[str], fd: int) -> None:
     children: set[int] = set()
     while True:
         if select.select([sock], [], [], REAP_EVERY)[0]:
-            message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 2)  # argv and environment
             if not message:  # the client is gone: leave no orphans behind
                 for pid in children:
                     os.kill(pid, signal.SIGKILL)
@@ -84,7 +84,8 @@ def serve(modules: list[str], fd: int) -> None:
                 sock.close()
                 _die_with(server)
                 request = json.loads(message)
-                _run_child(programs[request["module"]], request["argv"], request["cwd"], *fds)
+                _run_child(programs[request["module"]], request["argv"], request["cwd"],
+                           request.get("env"), *fds)
             for descriptor in fds:
                 os.close(descriptor)
             children.add(pid)
@@ -115,12 +116,20 @@ def _die_with(server: int) -> None:
         os._exit(70)
 
 
-def _run_child(program, argv: list[str], cwd: str | None, stdout: int, stderr: int) -> None:
+def _run_child(program, argv: list[str], cwd: str | None, environ: dict | None, stdout: int,
+               stderr: int) -> None:
     """In the child: take the pipes as stdout and stderr, run ``program.main()`` on ``argv`` in
-    ``cwd`` (else the server's), then exit with its code as ``sys.exit(main())`` under
-    ``python -m`` would, the interpreter's exit steps included."""
+    ``cwd`` (else the server's) with the client's ``environ`` (else the server's), then exit
+    with its code as ``sys.exit(main())`` under ``python -m`` would, the interpreter's exit
+    steps included."""
     if cwd is not None:
         os.chdir(cwd)
+    if environ is not None:  # what the program reads from now on (TF read its own at import)
+        tunables = os.environ.get("GLIBC_TUNABLES")  # the server's: what its malloc runs with
+        os.environ.clear()
+        os.environ.update(environ)
+        if tunables is not None:
+            os.environ["GLIBC_TUNABLES"] = tunables
     os.dup2(stdout, 1)
     os.dup2(stderr, 2)
     os.close(stdout)

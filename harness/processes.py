@@ -179,15 +179,17 @@ class ForkServer:
             if child is not None:
                 child._exit(int(code[0]))
 
-    def spawn(self, module: str, argv: list[str],
-              cwd: str | os.PathLike | None = None) -> ForkedChild:
+    def spawn(self, module: str, argv: list[str], cwd: str | os.PathLike | None = None,
+              environ: dict | None = None) -> ForkedChild:
         """A child running ``module``'s ``main()`` on ``argv`` in ``cwd`` (else the repo), its
-        stdout and stderr piped to us."""
+        stdout and stderr piped to us; with ``environ`` as its environment (else the server's:
+        a child inherits what its fork server started with, not what we set since)."""
         if self.lost.is_set():
             raise RuntimeError(f"the fork server for {', '.join(self.modules)} is gone")
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        request = {"module": module, "argv": argv, "cwd": None if cwd is None else str(cwd)}
+        request = {"module": module, "argv": argv, "cwd": None if cwd is None else str(cwd),
+                   "env": environ}
         with self._lock:
             socket.send_fds(self._socket, [json.dumps(request).encode()], [out_write, err_write])
             os.close(out_write)
@@ -235,10 +237,11 @@ class Process:
                  environ: dict | None = None) -> None:
         """``preexec_fn`` runs in the child before it starts: a test sets a resource limit.
         With a ``server`` (for ``module``), the child is forked warm from it. It runs in ``cwd``,
-        else in the repo, with ``environ`` (a cold start only), else ``env()``."""
+        else in the repo, with ``environ``, else ``env()`` cold or the server's warm."""
         if server is not None:
-            assert module in server.modules and preexec_fn is None and environ is None
-            self.popen = server.spawn(module, command(module, *args)[3:], cwd)  # past "-m module"
+            assert module in server.modules and preexec_fn is None
+            self.popen = server.spawn(module, command(module, *args)[3:], cwd,  # past "-m module"
+                                      environ)
         else:
             self.popen = subprocess.Popen(command(module, *args), cwd=cwd or REPO,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -49,8 +49,11 @@ def target(model_spec) -> Target:
                   model_spec.version_label if choice == "version_label" else None)
 
 
-def _spec(name: str, version: int, signature_name: str | None):
-    spec = model_pb2.ModelSpec(name=name)
+def _spec(name: str, version: int, signature_name: str | None, spec=None):
+    """The ``ModelSpec`` an answer names, written into ``spec`` if given (a response's own:
+    building one apart and copying it in costs a predict ~10 us more)."""
+    spec = model_pb2.ModelSpec() if spec is None else spec
+    spec.name = name
     spec.version.value = version
     if signature_name is not None:
         spec.signature_name = signature_name
@@ -115,8 +118,9 @@ class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceS
                                         request.model_spec.signature_name, inputs,
                                         tuple(request.output_filter))
             del inputs  # the request's arrays are spent: not held while the answer is built
-            response = predict_pb2.PredictResponse(
-                model_spec=_spec(request.model_spec.name, answer.version, answer.signature_name))
+            response = predict_pb2.PredictResponse()
+            _spec(request.model_spec.name, answer.version, answer.signature_name,
+                  response.model_spec)
             for key, array in answer.result.items():
                 protos.to_proto(array, response.outputs[key])  # in place: no copy of a copy
             return response, answer.version
