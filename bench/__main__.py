@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from bench import handoff, rollback, serving, throughput, warm_starts, wrk
+from bench import (bigswap, grpc_load, handoff, longlife, objstore, objstore_fleet, oip,
+                   rollback, serving, throughput, warm_starts, wrk)
 from bench.cluster import cluster_rows, cluster_run
 from bench.machine import machine
 from harness.processes import REPO
@@ -27,7 +28,8 @@ DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 T = TypeVar("T")
 WARM = ("consumer", "consumer.model_server", "bench.publisher", "producer", "bench.client",
-        "bench.inprocess", "bench.widemodel", "bench.bigmodel", "bench.hello", "bench.baseline")
+        "bench.inprocess", "bench.widemodel", "bench.bigmodel", "bench.hello", "bench.baseline",
+        "bench.bigswap", "bench.longlife")
 
 
 def run_all(sizes: handoff.Sizes, tmp: Path) -> tuple[list[tuple], list[str]]:
@@ -45,11 +47,20 @@ def run_all(sizes: handoff.Sizes, tmp: Path) -> tuple[list[tuple], list[str]]:
     batching = timed("batching", throughput.batching_run, sizes.seconds, tmp)
     moved = timed("rollback", rollback.rollback_run, sizes.moves, 0.25, tmp)
     cluster = timed("cluster", cluster_run, sizes.cluster_steps, tmp)
+    grpc_vs_rest = timed("grpc load", grpc_load.grpc_load_run, sizes.seconds, tmp)
+    oip_run = timed("open inference protocol", oip.oip_run, sizes.seconds, tmp)
+    big_swap = timed("big swaps", bigswap.bigswap_run, *sizes.big_swap, tmp)
+    long_life = timed("long life", longlife.longlife_run, *sizes.long_life, tmp)
+    store = timed("object store", objstore.objstore_run, sizes.store_mib)
+    fleet = timed("fleet", objstore_fleet.fleet_run, sizes.fleet_versions, tmp)
     rows = [*handoff.handoff_rows(*(runs[n] for n in ("checkpoints", "savedmodels", "full",
                                                       "poll", "baseline", "scale4")), memory, big),
             *serving.serving_rows(serve), *throughput.mlp_rows(mlp),
             *throughput.batching_rows(batching), rollback.rollback_row(moved),
-            *cluster_rows(cluster)]
+            *cluster_rows(cluster), *grpc_load.grpc_load_rows(grpc_vs_rest),
+            *oip.oip_rows(oip_run), *bigswap.bigswap_rows(big_swap),
+            *longlife.longlife_rows(long_life), *objstore.objstore_rows(store),
+            *objstore_fleet.fleet_rows(fleet)]
     notes = [*handoff.handoff_notes(runs["checkpoints"], runs["savedmodels"], runs["full"], big),
              serving.swap_profile(serve), *throughput.profiles(mlp), f"Sizes: {sizes}."]
     return rows, notes
@@ -87,6 +98,10 @@ def main() -> int:
     args = parser.parse_args()
     if not wrk.available():
         sys.stderr.write("bench: error: wrk is missing: `make tools` installs it\n")
+        return 2
+    if not grpc_load.available():
+        sys.stderr.write("bench: error: h2load is missing: `make tools` installs it "
+                         "(Debian's nghttp2-client)\n")
         return 2
     sizes = handoff.QUICK if args.quick else handoff.FULL
     started = time.monotonic()

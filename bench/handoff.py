@@ -29,14 +29,20 @@ class Sizes:
     cluster_steps: int  # per cluster run
     seconds: float  # per throughput run (wrk, clients)
     moves: int  # label moves in the rollback run
+    store_mib: int  # the object store's download run
+    fleet_versions: int  # versions published to a bucket three servers read
+    big_swap: tuple[int, int, float]  # MiB of variables, versions, seconds between them
+    long_life: tuple[int, int]  # warm swaps, full loads
 
 
 FULL = Sizes(versions=60, interval=0.25, reloads=500, reload_interval=0.08, restore_mib=1024,
              stall_mib=256, stall_steps=400, stall_every=100, serve_versions=100,
-             cluster_steps=6000, seconds=10, moves=20)
+             cluster_steps=6000, seconds=10, moves=20, store_mib=1024, fleet_versions=8,
+             big_swap=(1024, 7, 10.0), long_life=(10_000, 1000))
 QUICK = Sizes(versions=6, interval=0.15, reloads=25, reload_interval=0.05, restore_mib=32,
               stall_mib=16, stall_steps=100, stall_every=50, serve_versions=8,
-              cluster_steps=300, seconds=1, moves=2)
+              cluster_steps=300, seconds=1, moves=2, store_mib=32, fleet_versions=2,
+              big_swap=(64, 2, 1.5), long_life=(600, 20))
 
 
 def handoff_run(name: str, consumers: int, sizes: Sizes, tmp: Path, *, baseline: bool = False,

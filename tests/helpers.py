@@ -11,12 +11,17 @@ from harness.processes import REPO, ForkServer, Process, command, env  # noqa: F
 _forks: dict[str, ForkServer] = {}  # module -> its fork server, for this test session
 
 
+def fork_server(module: str) -> ForkServer:
+    """The test session's fork server for ``module``, started on first use."""
+    if module not in _forks:
+        _forks[module] = ForkServer(module)
+    return _forks[module]
+
+
 def warm(module: str, *args, **options) -> Process:
     """``python -m module`` as a real process forked warm from a server that imported
     TensorFlow once (per module, per test session): milliseconds, not 5 s, a start."""
-    if module not in _forks:
-        _forks[module] = ForkServer(module)
-    return Process(module, *args, server=_forks[module], **options)
+    return Process(module, *args, server=fork_server(module), **options)
 
 
 def run_warm(module: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import ForkServer, Process, free_ports
+from harness.processes import Process, env, free_ports
 from harness.rest_client import RestClient
 from tests import objstore, tfs_models
+from tests.helpers import fork_server
 from tests.mirror_helpers import SHARD, Asker, upload_other_tool
 from tests.objstore import s3_endpoint  # noqa: F401 - the session's S3 endpoint fixture
 from tests.tcp_proxy import Proxy
@@ -40,17 +41,24 @@ def proxy(s3_endpoint):  # noqa: F811
     relay.stop()
 
 
+class RelayedForks:
+    """The session's warm fork servers (``tests.helpers.warm``), each child given an environment
+    that points the SDKs at the relay: ``Process(..., server=RelayedForks(...))``."""
+
+    modules = ("consumer.model_server", "consumer", "producer")
+
+    def __init__(self, url: str) -> None:
+        self.environ = {**env(), **objstore.TEST_CREDENTIALS, "AWS_ENDPOINT_URL_S3": url,
+                        "AWS_ALLOW_HTTP": "true"}
+
+    def spawn(self, module: str, argv: list[str], cwd=None, environ=None):
+        return fork_server(module).spawn(module, argv, cwd, environ or self.environ)
+
+
 @pytest.fixture(scope="module")
 def forks(proxy):
-    """Servers and consumers forked warm from a server whose environment points the SDKs at the
-    relay (a forked child inherits its fork server's environment, not ours)."""
-    previous = objstore.point_sdks_at(proxy.url)
-    try:
-        server = ForkServer("consumer.model_server", "consumer", "producer")
-    finally:
-        objstore.restore_env(previous)
-    yield server
-    server.close()
+    """Servers and consumers forked warm, reaching the store through the relay."""
+    return RelayedForks(proxy.url)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,7 @@ def bucket_of(url: str) -> str:
     return url[len("s3://"):]
 
 
-def serve(forks: ForkServer, base: str, work: Path, *args) -> tuple[Process, int]:
+def serve(forks: RelayedForks, base: str, work: Path, *args) -> tuple[Process, int]:
     rest, grpc = free_ports(2)
     server = Process("consumer.model_server", f"--rest_api_port={rest}", f"--port={grpc}",
                      "--model_name=hp", f"--model_base_path={base}", f"--work_dir={work}",
