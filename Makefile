@@ -69,7 +69,7 @@ test: $(STAMP) tools ## the test suite: real TensorFlow, files, processes; under
 	$(PY) -m pytest $(ARGS)
 
 # The quick bench takes minutes, so it has its own target instead of a place in `make test`
-bench-check: $(STAMP) tools ## run every benchmark small (about 2 minutes): they still run, not how fast
+bench-check: $(STAMP) tools ## run every benchmark small (2-3 minutes): they still run, not how fast
 	$(PY) -m pytest -m bench tests/test_bench.py $(ARGS)
 
 # KServe's SDK pins protobuf<7: its clients get a venv of their own, which the OIP client test

@@ -26,7 +26,8 @@ def test_quick_bench_prints_every_row_with_figures(tmp_path):
     names = [row.split("|")[1].strip() for row in rows[1:]]
     assert [n.split(",")[0].split(" ")[0].rstrip(":") for n in names] == \
         ["Handoff"] * 6 + ["Memory", "Restore", "Restore", "Checkpoint"] + ["Serving"] * 12 \
-        + ["Batching", "No", "Rollback"] + ["Cluster", "Cluster", "Producer"]
+        + ["Batching", "No", "Rollback"] + ["Cluster", "Cluster", "Producer"] \
+        + ["Serving"] * 8 + ["Big"] * 2 + ["Long"] * 2 + ["Object"] * 2 + ["Fleet"]
     by_name = dict(zip(names, rows[1:]))
     for row in rows[1:7]:
         assert re.search(rf"p50 {TIME}, p95 {TIME}, max {TIME} over \d+ versions", row), row
@@ -48,4 +49,11 @@ def test_quick_bench_prints_every_row_with_figures(tmp_path):
                  "A swap under the serving load", "Where a REST predict's time goes",
                  "Where a gRPC predict's time goes", "calibration: a 10M-turn Python loop"):
         assert note in result.stdout, note
+    new = dict(zip(names[28:], rows[29:]))  # this round's: gRPC and OIP by h2load, big swaps,
+    for name, row in new.items():           # a long life, the object store, a fleet
+        assert re.search(r"\d", row.split("|")[2]), row  # a figure, whatever its unit
+    assert all(" 0 not OK of " in r for n, r in new.items() if "h2load" in n), new
+    assert re.search(rf"commit to live p50 {TIME}", by_name[names[36]]), names[36]
+    assert re.search(r"slope [+-][\d.]+ MiB per 1,000", by_name[names[38]]), names[38]
+    assert re.search(rf"p50 {TIME}, p95 {TIME}; spread", by_name[names[42]]), names[42]
     assert (REPO / "docs" / "BENCHMARKS.md").read_text() == before  # quick runs record nothing
