@@ -57,3 +57,20 @@ def sum_model(path: Path) -> Path:
         total = tf.reshape(tf.reduce_sum(x), [1], name="output_0")
         signatures = {"serving_default": _signature({"input-0": x}, {"output-0": total})}
     return _save(path, graph, signatures)
+
+
+def gate(path: Path) -> Path:
+    """A model whose requests wait at gates the test opens: ``paths`` (BYTES [n]) are FIFOs it
+    opens one after the other, each open waiting for a writer (TF reads a FIFO with ``pread``,
+    which fails: the error is ignored). So a test sees a request in flight when it can open the
+    first FIFO for writing, and holds it there, on its version, until it opens the last one; no
+    clock involved. Answers ``y`` = 7."""
+    graph = tf.Graph()
+    with graph.as_default():
+        v1.Variable(0, name="unused")
+        paths = v1.placeholder(tf.string, [None], name="paths")
+        files = tf.data.Dataset.from_tensor_slices(paths).map(tf.io.read_file).ignore_errors()
+        read = files.reduce(tf.constant(0), lambda count, _: count + 1)
+        y = tf.identity(read + 7, name="y")
+        signatures = {"serving_default": _signature({"paths": paths}, {"y": y})}
+    return _save(path, graph, signatures)

@@ -10,8 +10,12 @@ from a model config file (so the repository extension is on).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import struct
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -34,7 +38,7 @@ from shared.tfcompat import tf  # first: it sets TensorFlow's environment before
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 MODELS = {"simple": oip_models.simple, "echo": oip_models.echo_all,
-          "sum-model": oip_models.sum_model}
+          "sum-model": oip_models.sum_model, "gate": oip_models.gate}
 A = np.arange(16, dtype=np.int32)[None]
 B = np.ones((1, 16), np.int32)
 
@@ -48,7 +52,8 @@ def server(tmp_path_factory):
     flag = config_file(root / "models.config", {name: root / name for name in MODELS})
     rest, grpc_port = free_ports(2)
     process = warm("consumer.model_server", f"--rest_api_port={rest}", f"--port={grpc_port}",
-                   flag, "--max_request_elements=4096", f"--work_dir={root / 'work'}")
+                   flag, "--max_request_elements=4096", f"--work_dir={root / 'work'}",
+                   "--rest_api_num_threads=1")  # one held request holds every REST worker
     process.wait_for(lambda e: e["event"] == "serving", timeout=60)
     for name in MODELS:
         process.wait_seen(lambda e, n=name: e["event"] == "model_loaded" and
@@ -56,7 +61,16 @@ def server(tmp_path_factory):
     process.rest, process.grpc = f"localhost:{rest}", f"localhost:{grpc_port}"
     yield process
     assert process.terminate() == 0, process.stderr
-    assert not process.named("request_failed"), process.named("request_failed")
+    assert not tracebacks(process), tracebacks(process)
+    assert "Traceback" not in process.stderr and "Warning" not in process.stderr, \
+        process.stderr[-3000:]
+
+
+def tracebacks(process, since: int = 0) -> list[dict]:
+    """The server's log events from ``since`` on that carry a traceback (a request that failed
+    in our code, or one gRPC itself caught): a client's mistake must leave none."""
+    return [e for e in process.events[since:] if "exception" in e or
+            e["event"] == "request_failed"]
 
 
 def simple_inputs(module, binary: bool = True) -> list:
@@ -262,13 +276,36 @@ BAD_REQUESTS = {  # body -> words of its one-line error; each a 400, never a 500
     "bad_signature": (infer_body([INPUT0, INPUT1], parameters={"signature_name": "x"}),
                       'signature key "x" not found'),
     "bad_parameters": (infer_body([INPUT0, INPUT1], parameters=[1]), "must be an object"),
+    # a hostile client's sizes and forms: each was a 500 with a traceback, or worse
+    "zero_and_huge_dims": (infer_body([{**INPUT0, "shape": [0, 2**62, 2**62], "data": []},
+                                       INPUT1]), "other dimensions multiply to"),
+    "rank_over_64": (infer_body([{**INPUT0, "shape": [1] * 100, "data": [1]}, INPUT1]),
+                     "100 dimensions, over the limit of 64"),
+    "outputs_not_a_list": (infer_body([INPUT0, INPUT1], outputs=5), "'outputs' must be a list"),
+    "output_twice": (infer_body([INPUT0, INPUT1], outputs=[{"name": "OUTPUT0"}] * 2),
+                     "duplicate output tensor alias: OUTPUT0"),
+    "binary_data_not_bool": (infer_body([INPUT0, INPUT1], outputs=[
+        {"name": "OUTPUT0", "parameters": {"binary_data": "false"}}]), "must be true or false"),
+    "binary_output_not_bool": (infer_body([INPUT0, INPUT1], parameters={
+        "binary_data_output": [1]}), "must be true or false"),
+    "string_among_ints": (infer_body([{**INPUT0, "data": ["x" * 100] + [1] * 15}, INPUT1]),
+                          "not all of datatype INT32"),
+}
+ECHO_BAD_REQUESTS = {  # to the echo model, whose inputs are every datatype
+    "fp16_past_range": (infer_body([{"name": "FP16", "shape": [1], "datatype": "FP16",
+                                     "data": [1e10]}]), "out of the range of FP16"),
+    "fp32_past_range": (infer_body([{"name": "FP32", "shape": [1], "datatype": "FP32",
+                                     "data": [1e300]}]), "out of the range of FP32"),
+    "number_among_bytes": (infer_body([{"name": "BYTES", "shape": [2], "datatype": "BYTES",
+                                        "data": ["a", 2]}]), "not all of datatype BYTES"),
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+@pytest.mark.parametrize("case", list(BAD_REQUESTS) + list(ECHO_BAD_REQUESTS))
 def test_bad_request_is_a_400_with_one_line(server, case):
-    body, words = BAD_REQUESTS[case]
-    answer = post(server, "/v2/models/simple/infer", body)
+    model = "simple" if case in BAD_REQUESTS else "echo"
+    body, words = BAD_REQUESTS.get(case) or ECHO_BAD_REQUESTS[case]
+    answer = post(server, f"/v2/models/{model}/infer", body)
     assert answer.status_code == 400, (answer.status_code, answer.text)
     assert list(answer.json()) == ["error"] and "\n" not in answer.json()["error"]
     assert words in answer.json()["error"], answer.text
@@ -312,6 +349,35 @@ def test_binary_sizes_are_checked_against_the_body(server):
     assert answer.status_code == 400 and "past the end" in answer.json()["error"], answer.text
 
 
+def test_an_empty_batch_in_json(server):
+    """A tensor of 0 elements (shape [0, 16], data []) is a request like any other: it was a
+    500 (the JSON reader asked numpy's kind of an empty array, which has none)."""
+    answer = post(server, "/v2/models/simple/infer", infer_body(
+        [{**INPUT0, "shape": [0, 16], "data": []}, {**INPUT1, "shape": [0, 16], "data": []}]))
+    assert answer.status_code == 200, answer.text
+    assert [(o["shape"], o["data"]) for o in answer.json()["outputs"]] == [([0, 16], [])] * 2
+
+
+def peak_rss_kb(server) -> int:
+    with open(f"/proc/{server.popen.pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def test_json_strings_are_not_widened(server):
+    """A 120 KB request of one 50,000-character string and 1,999 short ones: numpy's
+    ``np.array`` of it would be 2,000 strings of 50,000 UCS-4 characters each, 400 MB (the
+    same with 1 MB and 8 GB was measured: 8.4 GB peak, 11 s). The JSON values are checked
+    and the BYTES built one by one, so the server's peak memory barely moves."""
+    data = ["x" * 50_000] + ["a"] * 1_999
+    before = peak_rss_kb(server)
+    for datatype, words in (("BYTES", "expected 13 inputs"), ("INT32", "not all of datatype")):
+        answer = post(server, "/v2/models/echo/infer", infer_body(
+            [{"name": datatype, "shape": [2000], "datatype": datatype, "data": data}]))
+        assert answer.status_code == 400 and words in answer.json()["error"], answer.text
+    grown_mb = (peak_rss_kb(server) - before) / 1024
+    assert grown_mb < 150, f"peak memory grew {grown_mb:.0f} MB for a 120 KB request"
+
+
 def test_paths_and_versions(server):
     base = f"http://{server.rest}/v2"
     assert requests.get(f"{base}/health/live", timeout=5).status_code == 200
@@ -326,8 +392,16 @@ def test_paths_and_versions(server):
     assert doc["id"] == "req-7" and doc["model_version"] == "1"
     assert [o["name"] for o in doc["outputs"]] == ["OUTPUT0"]  # the other signature's
     for path, status in (("/models/simple/versions/9/infer", 404), ("/nope", 404),
-                         ("/models/nope/infer", 404)):
+                         ("/models/nope/infer", 404),
+                         # digits str.isdigit takes and int() does not, or takes as 1: no
+                         # version of ours (they were a 500, and version 1)
+                         ("/models/simple/versions/%C2%B2/infer", 404),
+                         ("/models/simple/versions/%EF%BC%91/infer", 404)):
         answer = requests.post(f"{base}{path}", data=infer_body([INPUT0, INPUT1]), timeout=5)
+        assert answer.status_code == status and "error" in answer.json(), (path, answer.text)
+    for path, status in (("/models/simple/versions/%C2%B2/ready", 400),
+                         ("/models/simple/versions/%C2%B2", 404)):
+        answer = requests.get(f"{base}{path}", timeout=5)
         assert answer.status_code == status and "error" in answer.json(), (path, answer.text)
 
 
@@ -339,11 +413,16 @@ def test_grpc_bad_requests_get_their_codes(server):
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         listed = {s.name for a in answers for s in a.list_services_response.service}
     assert {"inference.GRPCInferenceService", "tensorflow.serving.PredictionService"} <= listed
+    since = len(server.events)
     client = grpcclient.InferenceServerClient(server.grpc)
-    tensor = grpcclient.InferInput("INPUT0", [1 << 20, 1 << 20], "INT32")
-    tensor._raw_content = b""  # a shape far over the bound, with no data behind it
-    for inputs, words in (([tensor], "over the limit"),
-                          (simple_inputs(grpcclient)[:1], "missing INPUT1")):
+    shapes = {"over the limit": [1 << 20, 1 << 20], "multiply to": [0, 2**62, 2**62],
+              "over the limit of 64": [1] * 100}
+    cases = []
+    for words, shape in shapes.items():
+        tensor = grpcclient.InferInput("INPUT0", shape, "INT32")
+        tensor._raw_content = b""  # a shape far over a bound, with no data behind it
+        cases.append(([tensor], words))
+    for inputs, words in cases + [(simple_inputs(grpcclient)[:1], "missing INPUT1")]:
         with pytest.raises(InferenceServerException) as caught:
             client.infer("simple", inputs)
         assert caught.value.status() == "StatusCode.INVALID_ARGUMENT", caught.value
@@ -351,8 +430,88 @@ def test_grpc_bad_requests_get_their_codes(server):
     with pytest.raises(InferenceServerException) as caught:
         client.infer("nope", simple_inputs(grpcclient))
     assert caught.value.status() == "StatusCode.NOT_FOUND"
+    for call in (lambda: client.infer("simple", simple_inputs(grpcclient), model_version="²"),
+                 lambda: client.get_model_metadata("simple", "²")):
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        assert caught.value.status() == "StatusCode.NOT_FOUND", caught.value
+    assert not client.is_model_ready("simple", "²")
+    assert not tracebacks(server, since), tracebacks(server, since)
     with grpc.insecure_channel(server.grpc) as channel:  # bytes that are no ModelInferRequest
         with pytest.raises(grpc.RpcError) as unreadable:
             channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff",
                                                                               timeout=5)
     assert unreadable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def open_gate(fifo, wait: float = 10.0) -> bool:
+    """Open ``fifo`` for writing and close it, which lets the reader waiting in its open go on;
+    False if no reader came within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return True
+        except OSError as err:  # ENXIO: no reader has it open yet
+            if err.errno != errno.ENXIO or time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+
+def test_probes_answer_while_the_worker_is_held_and_unload_waits(server, tmp_path):
+    """A request held in flight at the gate model, naming version 1, holds the server's one
+    REST worker, and another request waits in the queue behind it. Liveness, readiness and a
+    model's readiness still answer at once: they run on the event loop, never behind
+    inferences (a Kubernetes probe that waited would restart or drain a busy server). Then the
+    model is unloaded (over gRPC: REST's worker is held): the unload and new requests are
+    answered at once (NOT_FOUND), the unload finishes (the model's metrics go), and only then
+    is the gate opened: the held request finishes on the version it holds, answered 200 by
+    it, so its session was closed after its last request, not under it."""
+    first, last = tmp_path / "in", tmp_path / "out"
+    os.mkfifo(first)
+    os.mkfifo(last)
+    answers: dict = {}
+
+    def send(name: str, model: str, body: bytes) -> None:
+        answers[name] = post(server, f"/v2/models/{model}/infer", body)
+    held = threading.Thread(target=send, args=("held", "gate/versions/1", infer_body(
+        [{"name": "paths", "shape": [2], "datatype": "BYTES", "data": [str(first),
+                                                                      str(last)]}])))
+    queued = threading.Thread(target=send, args=("queued", "simple", infer_body([INPUT0,
+                                                                                 INPUT1])))
+    client = grpcclient.InferenceServerClient(server.grpc)
+    no_paths = grpcclient.InferInput("paths", [0], "BYTES")
+    no_paths.set_data_from_numpy(np.array([], dtype=object))
+    assert client.infer("gate", [no_paths]).as_numpy("y") == 7  # its metrics series are made
+    held.start()
+    try:
+        assert open_gate(first), "the held request never came in"  # now held at the last
+        queued.start()
+        base, slowest = f"http://{server.rest}/v2", 0.0
+        for path in ("/health/live", "/health/ready", "/models/simple/ready"):
+            started = time.perf_counter()
+            assert requests.get(base + path, timeout=5).status_code == 200, path
+            slowest = max(slowest, time.perf_counter() - started)
+        assert slowest < 1.0, f"a probe took {slowest:.2f} s with the worker held"
+        client.unload_model("gate")
+        assert not client.is_model_ready("gate")
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("gate", [no_paths])
+        assert caught.value.status() == "StatusCode.NOT_FOUND", caught.value
+        # the unload is done (its versions closed, but for the one held, and the model's
+        # metrics series gone) while the request still waits at its gate
+        metrics, deadline = f"http://{server.rest}/monitoring/prometheus/metrics", \
+            time.monotonic() + 20
+        while 'model_name="gate"' in requests.get(metrics, timeout=5).text:
+            assert time.monotonic() < deadline, "the unload did not finish in 20 s"
+            time.sleep(0.02)
+        assert answers == {}, "a request was answered while the worker was held"
+    finally:
+        open_gate(last)
+        for thread in (held, queued):
+            if thread.ident is not None:  # started
+                thread.join(timeout=30)
+    held = answers["held"]
+    assert held.status_code == 200, held.text
+    assert held.json()["model_version"] == "1" and held.json()["outputs"][0]["data"] == [7]
+    assert answers["queued"].status_code == 200, answers["queued"].text

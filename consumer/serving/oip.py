@@ -58,9 +58,10 @@ def target(model: str, version: str) -> Target:
     so any other string names a version that does not exist (MLServer's words for it)."""
     if not model:
         raise invalid("the request names no model")
-    if version in ("", None):
+    if not version:
         return Target(model)
-    if not str(version).isdigit() or int(version) >= 2**63:  # versions here are numbers
+    # versions here are numbers, in ASCII digits: str.isdigit takes "²", which int() refuses
+    if not (version.isascii() and version.isdigit()) or int(version) >= 2**63:
         raise not_found(f"Model {model} with version {version} not found")
     return Target(model, int(version))
 

@@ -103,7 +103,7 @@ class OipRest:
     # -- repository ------------------------------------------------------------------------
 
     def _index(self, body: bytes) -> Response:
-        doc = _object(body) if body.strip() else {}
+        doc = _object(body, self.oip.max_elements) if body.strip() else {}
         ready = doc.get("ready") or False  # null, as MLServer's client sends it: all
         if not isinstance(ready, bool):
             raise invalid("'ready' must be true or false")
@@ -111,7 +111,8 @@ class OipRest:
 
     def _repository(self, verb: str, name: str, body: bytes) -> Response:
         if body.strip():
-            _object(body)  # parameters (Triton's config and files overrides) are not taken
+            # parameters (Triton's config and files overrides) are not taken
+            _object(body, self.oip.max_elements)
         (self.repository.load if verb == "load" else self.repository.unload)(name)
         return Response(200, b"", _JSON)
 
@@ -132,7 +133,13 @@ def _header_length(headers: list) -> int | None:
     return None
 
 
-def _object(data: bytes) -> dict:
+def _object(data: bytes, max_elements: int) -> dict:
+    """The JSON object ``data`` holds, its size bounded before it is parsed: the count of commas
+    and brackets is at least the count of values and lists it would allocate."""
+    bound = data.count(b",") + data.count(b"[")
+    if bound > max_elements:
+        raise invalid(f"the request's JSON holds up to {bound} values and lists, over the limit "
+                      f"of {max_elements} (--max_request_elements)")
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as err:
@@ -150,11 +157,7 @@ def parse_infer(body: bytes, length: int | None,
         raise invalid(f"Inference-Header-Content-Length is {length}, over the body's "
                       f"{len(body)} bytes")
     header, data = (body, b"") if length is None else (body[:length], memoryview(body)[length:])
-    bound = header.count(b",") + header.count(b"[")
-    if bound > max_elements:
-        raise invalid(f"the request's JSON holds up to {bound} values and lists, over the limit "
-                      f"of {max_elements} (--max_request_elements)")
-    doc = _object(header)
+    doc = _object(header, max_elements)
     parameters = _parameters(doc, "the request")
     request = InferRequest("", id=_text(doc.get("id", ""), "id"), parameters=parameters)
     inputs = doc.get("inputs")
@@ -178,14 +181,26 @@ def parse_infer(body: bytes, length: int | None,
     if at != len(data):
         raise invalid(f"{len(data) - at} bytes of binary data follow the inputs that use them")
     binary: dict[str, bool] = {}
-    for item in doc.get("outputs") or []:
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise invalid("'outputs' must be a list of the outputs asked for")
+    for item in outputs:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise invalid("each of 'outputs' must be an object with a 'name'")
         request.outputs.append(item["name"])
-        choice = _parameters(item, f"output '{item['name']}'").get("binary_data")
+        choice = _flag(_parameters(item, f"output '{item['name']}'"), "binary_data")
         if choice is not None:
-            binary[item["name"]] = bool(choice)
-    return request, bool(parameters.get("binary_data_output", False)), binary
+            binary[item["name"]] = choice
+    return request, bool(_flag(parameters, "binary_data_output")), binary
+
+
+def _flag(parameters: dict, name: str) -> bool | None:
+    """A parameter that is true or false (Triton's ``binary_data``), or None if not given: a
+    string "false" is not taken for true."""
+    value = parameters.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise invalid(f"parameter '{name}' must be true or false")
+    return value
 
 
 def _input(item, left: int) -> tuple[Tensor, int, int | None]:

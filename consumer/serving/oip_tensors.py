@@ -32,9 +32,9 @@ FROM_TF = {"DT_BOOL": "BOOL", "DT_INT8": "INT8", "DT_INT16": "INT16", "DT_INT32"
            "DT_UINT32": "UINT32", "DT_UINT64": "UINT64", "DT_HALF": "FP16", "DT_FLOAT": "FP32",
            "DT_DOUBLE": "FP64", "DT_STRING": "BYTES", "DT_BFLOAT16": "BF16"}
 
-# the JSON values each datatype takes, by numpy's kind of the array they make
-_JSON_KINDS = {"BOOL": "b", "BYTES": "U"}
-_INT_KINDS, _FLOAT_KINDS = "iu", "iuf"
+# the JSON values (as orjson reads them) each datatype takes: a bool is not a number here
+_JSON_TYPES = {"BOOL": {bool}, "BYTES": {str}, "INT": {int}, "FP": {int, float}}
+_INT_KINDS = "iu"
 
 
 @dataclass
@@ -58,19 +58,30 @@ def datatype_of(array: np.ndarray) -> str:
                   "Inference Protocol has no datatype for")
 
 
+MAX_RANK = 64  # numpy's most dimensions (TF's TensorShape takes 254): past it, 400, not a 500
+
+
 def element_count(name: str, datatype: str, shape, max_elements: int) -> int:
-    """The elements ``shape`` holds, checked: a known datatype, dimensions that are whole and
-    not negative, and a product within ``max_elements`` (computed without building anything)."""
+    """The elements ``shape`` holds, checked: a known datatype, at most ``MAX_RANK`` dimensions,
+    each whole and not negative, and their product within ``max_elements`` (computed without
+    building anything). A dimension of 0 does not make the others free: the product of the
+    others is held to the bound too, so no shape reaches numpy or TF whose size overflows
+    (``[0, 2**62, 2**62]`` would make numpy raise, and is no tensor a client needs)."""
     if datatype not in DTYPES:
         raise invalid(f"input '{name}': unsupported datatype '{datatype}' (one of "
                       f"{', '.join(DTYPES)})")
+    if isinstance(shape, (list, tuple)) and len(shape) > MAX_RANK:
+        raise invalid(f"input '{name}': shape has {len(shape)} dimensions, over the limit of "
+                      f"{MAX_RANK}")
     if not isinstance(shape, (list, tuple)) or not all(
             type(dim) is int and dim >= 0 for dim in shape):
         raise invalid(f"input '{name}': shape must be a list of dimensions >= 0, got {shape!r}")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise invalid(f"input '{name}': shape {list(shape)} holds {count} elements, over the "
-                      f"limit of {max_elements} (--max_request_elements)")
+    count, spread = math.prod(shape), math.prod(dim for dim in shape if dim)
+    if spread > max_elements:  # spread == count unless a dimension is 0
+        held = f"holds {count} elements" if count else \
+            f"holds 0 elements, but its other dimensions multiply to {spread}"
+        raise invalid(f"input '{name}': shape {list(shape)} {held}, over the limit of "
+                      f"{max_elements} (--max_request_elements)")
     return count
 
 
@@ -122,55 +133,55 @@ def to_raw(array: np.ndarray, datatype: str) -> bytes:
 
 def from_json(tensor: Tensor, data, count: int) -> np.ndarray:
     """The array a JSON ``data`` value (flat, or nested as the shape) holds for ``tensor``. Its
-    values must be of the datatype's kind: a float is not taken for an INT32, nor 1 for a BOOL
-    (numpy would truncate or convert them without a word)."""
+    values are checked by their JSON type before numpy sees them: numpy would make one wide
+    string of every value if one were a string (a 2 MB request of one 1 MB string and 1,999
+    short ones took 8 GB), take a float for an INT32 or 1 for a BOOL without a word, and make
+    infinities of FP16 values past its range."""
     if not isinstance(data, list):
         raise invalid(f"input '{tensor.name}': 'data' must be a list")
-    try:
-        array = np.array(data)
-    except ValueError:
-        raise invalid(f"input '{tensor.name}': 'data' is ragged: its nested lists are not "
-                      "of one shape") from None
-    if array.size != count:
-        raise invalid(f"input '{tensor.name}': {array.size} values, where shape "
+    flat = _flattened(tensor.name, data)
+    if len(flat) != count:
+        raise invalid(f"input '{tensor.name}': {len(flat)} values, where shape "
                       f"{tensor.shape} takes {count}")
-    kind = array.dtype.kind if array.size else None
     datatype = tensor.datatype
-    allowed = _JSON_KINDS.get(datatype, _INT_KINDS if datatype[0] in "IU" else _FLOAT_KINDS)
-    if kind in "fO" and datatype[0] in "IU":  # numpy made floats of ints past int64's range
-        return _wide_ints(tensor, data, array.size)
-    if kind is not None and kind not in allowed:
+    kinds = set(map(type, flat))
+    if not kinds <= _JSON_TYPES.get(datatype, _JSON_TYPES["FP"] if datatype[0] == "F"
+                                    else _JSON_TYPES["INT"]):
         raise invalid(f"input '{tensor.name}': its values are not all of datatype {datatype}")
     if datatype == "BYTES":
         out = np.empty(count, dtype=object)
-        out[:] = [value.encode("utf-8", "surrogateescape") for value in array.ravel().tolist()]
+        out[:] = [value.encode("utf-8", "surrogateescape") for value in flat]
         return out.reshape(tensor.shape)
     dtype = DTYPES[datatype]
-    if kind in _INT_KINDS and dtype.kind in _INT_KINDS:
-        info = np.iinfo(dtype)
-        if array.min() < info.min or array.max() > info.max:
-            raise invalid(f"input '{tensor.name}': a value is out of the range of {datatype}")
-    return array.astype(dtype).reshape(tensor.shape)
-
-
-def _wide_ints(tensor: Tensor, data: list, count: int) -> np.ndarray:
-    """An integer tensor numpy read as floats (UINT64 values past int64's range with others):
-    each value checked to be an integer, then read straight into the datatype."""
-    flat, stack = [], [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        elif type(item) is not int:
-            raise invalid(f"input '{tensor.name}': its values are not all of datatype "
-                          f"{tensor.datatype}")
-        else:
-            flat.append(item)
+    # read wide (an int past the wide type raises), checked against the datatype's range, then
+    # narrowed; a float narrowed past its range raises rather than becoming infinite
+    wide = {"i": np.int64, "u": np.uint64}.get(dtype.kind, np.float64)
     try:
-        return np.array(flat, dtype=DTYPES[tensor.datatype]).reshape(tensor.shape)
-    except OverflowError:
+        array = np.array(flat, dtype=wide)
+        if dtype.kind in _INT_KINDS and array.size:
+            info = np.iinfo(dtype)
+            if array.min() < info.min or array.max() > info.max:
+                raise OverflowError
+        with np.errstate(over="raise"):
+            return array.astype(dtype).reshape(tensor.shape)
+    except (OverflowError, FloatingPointError):
         raise invalid(f"input '{tensor.name}': a value is out of the range of "
-                      f"{tensor.datatype}") from None
+                      f"{datatype}") from None
+
+
+def _flattened(name: str, data: list) -> list:
+    """The values of nested lists, row-major; refused if the lists are ragged (not one shape).
+    Level by level: every item of a level is a list of one length, or none is a list."""
+    level = data
+    while level and isinstance(level[0], list):
+        width = len(level[0])
+        if not all(type(item) is list and len(item) == width for item in level):
+            raise invalid(f"input '{name}': 'data' is ragged: its nested lists are not of one "
+                          "shape")
+        level = [value for item in level for value in item]
+    if any(type(item) is list for item in level):
+        raise invalid(f"input '{name}': 'data' is ragged: its nested lists are not of one shape")
+    return level
 
 
 def to_json(array: np.ndarray, datatype: str) -> list | None:
