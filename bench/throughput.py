@@ -228,8 +228,8 @@ def mlp_rows(run: dict) -> list[tuple]:
         ("Serving, REST predict, mlp, one example (wrk, 4 connections)",
          f"{_load(predict)}, {predict['non2xx'] + predict['errors']} failed",
          f"{over_hello:.2f}x the hello world on h11; {over_runs:.2f}x the Session.run limit, "
-         f"{over_api:.2f}x the in-process REST predict", ">= 0.7x hello (h11), >= 0.6x "
-         "Session.run limit", over_hello >= 0.7 and over_runs >= 0.6),
+         f"{over_api:.2f}x the in-process REST predict",  # the Session.run target: retired
+         ">= 0.7x hello (h11)", over_hello >= 0.7),  # (JSON-bound: docs/BENCHMARKS.md)
         ("Serving yardstick, hello world: Starlette, uvicorn, h11, asyncio", _load(
             hello["starlette"]), "baseline", "", None),
         ("Serving yardstick, hello world: bare ASGI, uvicorn, httptools, uvloop (our stack)",
