@@ -62,9 +62,9 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def h2load(port: int, frame: bytes, *, streams: int, seconds: float,
-           connections: int = CONNECTIONS, calls: int | None = None) -> dict:
-    """``streams`` concurrent Predict calls (over ``connections``) for ``seconds``, or until
-    ``calls`` are done if given."""
+           connections: int = CONNECTIONS, calls: int | None = None, path: str = _PATH) -> dict:
+    """``streams`` concurrent calls (over ``connections``) of the gRPC method at ``path``
+    (Predict) for ``seconds``, or until ``calls`` are done if given."""
     connections = min(connections, streams)
     length = ["-n", str(calls)] if calls is not None else ["-D", str(max(1, round(seconds)))]
     with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
@@ -73,7 +73,7 @@ def h2load(port: int, frame: bytes, *, streams: int, seconds: float,
         result = subprocess.run(
             ["h2load", "-d", body.name, "-H", "content-type: application/grpc",
              "-H", "te: trailers", "-c", str(connections), "-m", str(streams // connections),
-             "-t", "1", *length, f"http://127.0.0.1:{port}{_PATH}"],
+             "-t", "1", *length, f"http://127.0.0.1:{port}{path}"],
             capture_output=True, text=True, timeout=seconds + 60)
     if result.returncode != 0:
         raise RuntimeError(f"h2load failed: {result.stderr.strip()[-500:]}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import ms, start, wrk
-from bench.grpc_load import CONNECTIONS, _h2load_summary, grpc_frame, predict_request
+from bench.grpc_load import grpc_frame, h2load, predict_request
 from bench.throughput import MLP_BODY, ModelServer
 
 STREAMS = 4
@@ -42,23 +42,6 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
 end
 """
-
-
-def h2load(port: int, path: str, frame: bytes, *, streams: int, seconds: float) -> dict:
-    """``streams`` concurrent calls of the gRPC method at ``path`` for ``seconds`` (as
-    ``bench.grpc_load.h2load``, which calls Predict alone)."""
-    connections = min(CONNECTIONS, streams)
-    with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
-        body.write(frame)
-        body.flush()
-        result = subprocess.run(
-            ["h2load", "-d", body.name, "-H", "content-type: application/grpc",
-             "-H", "te: trailers", "-c", str(connections), "-m", str(streams // connections),
-             "-t", "1", "-D", str(max(1, round(seconds))), f"http://127.0.0.1:{port}{path}"],
-            capture_output=True, text=True, timeout=seconds + 60)
-    if result.returncode != 0:
-        raise RuntimeError(f"h2load failed: {result.stderr.strip()[-500:]}")
-    return _h2load_summary(result.stdout, seconds)
 
 
 def features() -> np.ndarray:
@@ -135,11 +118,11 @@ def oip_run(seconds: float, tmp: Path) -> dict:
     run: dict = {}
     try:
         run["sample"] = _sample(server.grpc, infer_request("mlp"))
-        h2load(server.grpc, _INFER, infer, streams=STREAMS, seconds=1)  # warm: threads, caches
+        h2load(server.grpc, infer, streams=STREAMS, seconds=1, path=_INFER)  # warm up
         for name, path, frame, endpoint in (("tfs_grpc", _PREDICT, predict, "predict"),
                                             ("oip_grpc", _INFER, infer, "oip_infer")):
             before = _grpc_ok(server, endpoint)
-            run[name] = h2load(server.grpc, path, frame, streams=STREAMS, seconds=seconds)
+            run[name] = h2load(server.grpc, frame, streams=STREAMS, seconds=seconds, path=path)
             run[name]["ok"] = _grpc_ok(server, endpoint) - before
         run["oip_rest"] = wrk_binary(oip_url, body, header, connections=STREAMS, seconds=seconds)
         run["tfs_rest"] = wrk.post(server.url, MLP_BODY, connections=STREAMS, seconds=seconds)
