@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,22 +27,6 @@ from bench.throughput import MLP_BODY, ModelServer
 STREAMS = 4
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
 _PREDICT = "/tensorflow.serving.PredictionService/Predict"
-_WRK_BINARY = """
-wrk.method = "POST"
-local f = io.open("%(body)s", "rb")
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "application/octet-stream"
-wrk.headers["Inference-Header-Content-Length"] = "%(header)d"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('{"requests": %%d, "duration_us": %%d, "non2xx": %%d, "errors": %%d, ' ..
-    '"p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration, e.status,
-    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
 def features() -> np.ndarray:
     return np.asarray(json.loads(MLP_BODY)["instances"], np.float32)
 
@@ -68,24 +51,6 @@ def binary_body() -> tuple[bytes, int]:
                                      "parameters": {"binary_data_size": array.nbytes}}],
                          "parameters": {"binary_data_output": True}}).encode()
     return header + array.tobytes(), len(header)
-
-
-def wrk_binary(url: str, body: bytes, header: int, *, connections: int, seconds: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        data, script = Path(tmp) / "body", Path(tmp) / "post.lua"
-        data.write_bytes(body)
-        script.write_text(_WRK_BINARY % {"body": data, "header": header})
-        result = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d",
-                                 f"{max(1, round(seconds))}s", "--timeout", "10s", "-s",
-                                 str(script), url],
-                                capture_output=True, text=True, timeout=seconds + 60)
-    if result.returncode != 0:
-        raise RuntimeError(f"wrk failed: {result.stderr.strip()[-500:]}")
-    line = next(json.loads(out) for out in result.stdout.splitlines() if out.startswith("{"))
-    run = line["duration_us"] / 1e6
-    return {"requests_per_s": line["requests"] / run, "requests": line["requests"],
-            "p50": line["p50_us"] / 1e6, "p99": line["p99_us"] / 1e6,
-            "non2xx": line["non2xx"], "errors": line["errors"]}
 
 
 def _grpc_ok(server: ModelServer, endpoint: str) -> float:
@@ -124,7 +89,9 @@ def oip_run(seconds: float, tmp: Path) -> dict:
             before = _grpc_ok(server, endpoint)
             run[name] = h2load(server.grpc, frame, streams=STREAMS, seconds=seconds, path=path)
             run[name]["ok"] = _grpc_ok(server, endpoint) - before
-        run["oip_rest"] = wrk_binary(oip_url, body, header, connections=STREAMS, seconds=seconds)
+        run["oip_rest"] = wrk.post(oip_url, body, connections=STREAMS, seconds=seconds, headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header)})
         run["tfs_rest"] = wrk.post(server.url, MLP_BODY, connections=STREAMS, seconds=seconds)
     finally:
         server.close()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 _SCRIPT = """
 wrk.method = "POST"
-wrk.body = [==[%(body)s]==]
-wrk.headers["Content-Type"] = "application/json"
+local f = io.open("%(body)s", "rb")
+wrk.body = f:read("*all")
+f:close()
+%(headers)s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('{"requests": %%d, "duration_us": %%d, "non2xx": %%d, "errors": %%d, ' ..
@@ -29,12 +31,17 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def post(url: str, body: bytes, *, connections: int, seconds: float, threads: int = 1) -> dict:
-    """POST ``body`` to ``url`` from ``connections`` keep-alive connections for ``seconds``.
+def post(url: str, body: bytes, *, connections: int, seconds: float, threads: int = 1,
+         headers: dict[str, str] | None = None) -> dict:
+    """POST ``body`` (any bytes: wrk reads it from a file) to ``url`` from ``connections``
+    keep-alive connections for ``seconds``, as JSON unless ``headers`` say otherwise.
     Returns requests/s, p50 and p99 (seconds), and the count of non-2xx answers and errors."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
     with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "post.lua"
-        script.write_text(_SCRIPT % {"body": body.decode()})
+        data, script = Path(tmp) / "body", Path(tmp) / "post.lua"
+        data.write_bytes(body)
+        script.write_text(_SCRIPT % {"body": data, "headers": "\n".join(
+            f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())})
         result = subprocess.run(
             ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
              "--timeout", "10s", "-s", str(script), url],
